@@ -1,0 +1,43 @@
+"""mt5lifecycle: the login and connection lifecycle of MetaTrader 5 terminals.
+
+One explicit state machine (``machine.py``) decides; ``Lifecycle`` and ``Fleet`` carry
+its decisions out through pluggable backends (``ports.py``). See SPEC section 10 for
+the stable public names exported here.
+"""
+
+from __future__ import annotations
+
+from .backends import Backends
+from .credentials import Credentials
+from .errors import (
+    CorruptState,
+    InvalidInstanceId,
+    InvalidTransition,
+    LifecycleError,
+    StoreUnavailable,
+)
+from .fleet import Fleet
+from .lifecycle import Lifecycle
+from .policy import Policy
+from .snapshot import Snapshot
+from .states import AlertKind, ConnectionState, Reason, State
+
+__all__ = [
+    "AlertKind",
+    "Backends",
+    "ConnectionState",
+    "CorruptState",
+    "Credentials",
+    "Fleet",
+    "InvalidInstanceId",
+    "InvalidTransition",
+    "Lifecycle",
+    "LifecycleError",
+    "Policy",
+    "Reason",
+    "Snapshot",
+    "State",
+    "StoreUnavailable",
+]
+
+__version__ = "0.1.0.dev0"

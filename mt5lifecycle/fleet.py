@@ -1,0 +1,261 @@
+"""``Fleet``: many instances on one timer heap.
+
+Each instance's next due time sits in one heap, so ``run_due`` touches only the
+instances that are due (O(due x log n)) and an idle instance costs no CPU. Entries
+are invalidated lazily: when an instance's due time changes a new entry is pushed,
+and a popped entry that no longer matches is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .backends import Backends
+from .clock import SystemClock
+from .errors import InvalidTransition, StoreUnavailable, Unrecoverable
+from .ids import check_instance_id
+from .lifecycle import Lifecycle
+from .policy import Policy
+from .snapshot import Snapshot
+from .states import Due, State
+
+__all__ = ["Fleet"]
+
+log = logging.getLogger("mt5lifecycle.fleet")
+
+
+class Fleet:
+    """Instances sharing one set of backends, one policy and one timer heap."""
+
+    def __init__(self, backends: Backends, policy: Policy | None = None) -> None:
+        if not isinstance(backends, Backends):
+            raise TypeError(f"backends must be a Backends value, not {type(backends).__name__}")
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a Policy value, not {type(policy).__name__}")
+        self.backends = backends
+        self.policy = policy if policy is not None else Policy()
+        self._members: dict[str, Lifecycle] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._scheduled: dict[str, float] = {}
+        self._seq = itertools.count()
+        self._stop = threading.Event()
+        self._kick: asyncio.Event | None = None
+        self._driving = 0
+        self._tick: asyncio.Event | None = None
+
+    # --- membership ------------------------------------------------------------
+
+    def add(self, instance_id: str) -> Lifecycle:
+        """Start (or resume) an instance and drive it from now on."""
+        check_instance_id(instance_id)
+        if instance_id in self._members:
+            raise InvalidTransition(
+                instance_id=instance_id,
+                event="add",
+                state=self._members[instance_id]._state_name(),
+                detail="the instance is already in this fleet",
+            )
+        lifecycle = Lifecycle(instance_id, self.backends, self.policy)
+        lifecycle._on_change = self._reschedule
+        lifecycle.start()
+        self._members[instance_id] = lifecycle
+        self._reschedule(lifecycle)
+        if self._kick is not None:
+            self._kick.set()
+        return lifecycle
+
+    def __getitem__(self, instance_id: str) -> Lifecycle:
+        try:
+            return self._members[instance_id]
+        except KeyError:
+            raise KeyError(f"instance {instance_id!r} is not in this fleet") from None
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self._members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._members))
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    # --- running ---------------------------------------------------------------
+
+    @property
+    def next_due(self) -> float | None:
+        """The earliest due time of any instance."""
+        heap = self._heap
+        scheduled = self._scheduled
+        while heap:
+            due, _, instance_id = heap[0]
+            if scheduled.get(instance_id) == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def run_due(self) -> float | None:
+        """Run every instance that is due at the clock's now; return the next due time.
+
+        A backend outage for one instance is logged and retried later; it does not
+        stop the others.
+        """
+        now = self.backends.clock.now()
+        heap = self._heap
+        scheduled = self._scheduled
+        visited: set[str] = set()
+        while heap and heap[0][0] <= now:
+            due, _, instance_id = heapq.heappop(heap)
+            if scheduled.get(instance_id) != due or instance_id in visited:
+                continue
+            del scheduled[instance_id]
+            visited.add(instance_id)
+            lifecycle = self._members[instance_id]
+            try:
+                lifecycle.run_due()
+            except StoreUnavailable:
+                pass  # logged and held off by the lifecycle itself
+            except Exception:
+                log.exception("instance %s: a due action failed", instance_id)
+            self._reschedule(lifecycle)
+        if self._tick is not None:
+            self._tick.set()
+        return self.next_due
+
+    def stop(self) -> None:
+        """Ask ``run()`` / ``arun()`` to return after the current pass."""
+        self._stop.set()
+        if self._kick is not None:
+            self._kick.set()
+
+    def run(self, until: float | None = None) -> None:
+        """Run until ``stop()``, until the clock passes ``until``, or until nothing is due."""
+        self._stop.clear()
+        clock = self.backends.clock
+        while not self._stop.is_set():
+            due = self.run_due()
+            wake = _earliest(due, until)
+            if wake is None or (until is not None and clock.now() >= until):
+                return
+            delay = wake - clock.now()
+            if isinstance(clock, SystemClock):
+                self._stop.wait(max(delay, 0.0))
+            else:
+                clock.sleep(delay)
+
+    async def arun(self, until: float | None = None) -> None:
+        """``run()`` for asyncio: due work runs in a thread, so the loop stays free."""
+        self._stop.clear()
+        clock = self.backends.clock
+        self._kick = asyncio.Event()
+        self._tick = asyncio.Event()
+        self._driving += 1
+        try:
+            while not self._stop.is_set():
+                self._kick.clear()
+                due = await asyncio.to_thread(self.run_due)
+                self._tick.set()
+                wake = _earliest(due, until)
+                if until is not None and clock.now() >= until:
+                    return
+                await self._sleep_until(wake)
+                if wake is None and not self._kick.is_set():
+                    return
+        finally:
+            self._driving -= 1
+
+    async def _sleep_until(self, wake: float | None) -> None:
+        kick = self._kick
+        assert kick is not None
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(kick.wait())]
+        if wake is not None:
+            clock = self.backends.clock
+            waits.append(asyncio.ensure_future(clock.asleep(wake - clock.now())))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def wait_connected(self, instance_id: str, timeout: float) -> Snapshot:
+        """The instance's snapshot once it is ``CONNECTED``.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds of the fleet's clock, and
+        ``Unrecoverable`` at once when the instance reaches a state it cannot leave by
+        itself: a caller never waits out a timeout on a dead account. Drives the fleet
+        itself when no ``arun()`` is running.
+        """
+        lifecycle = self[instance_id]
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        clock = self.backends.clock
+        deadline = clock.now() + timeout
+        while True:
+            snapshot = lifecycle.snapshot()
+            if snapshot is not None and snapshot.status is State.CONNECTED:
+                return snapshot
+            _raise_if_stuck(lifecycle, snapshot)
+            now = clock.now()
+            if now >= deadline:
+                raise TimeoutError(
+                    f"instance {instance_id!r} is not CONNECTED after {timeout} s "
+                    f"(now {snapshot.status.value if snapshot else None})"
+                )
+            if self._driving and self._tick is not None:
+                tick = self._tick
+                tick.clear()
+                waits: list[asyncio.Future[Any]] = [
+                    asyncio.ensure_future(tick.wait()),
+                    asyncio.ensure_future(clock.asleep(deadline - now)),
+                ]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in waits:
+                        task.cancel()
+            else:
+                due = await asyncio.to_thread(self.run_due)
+                if lifecycle.snapshot() is not None and lifecycle.state is State.CONNECTED:
+                    continue
+                wake = deadline if due is None else min(due, deadline)
+                await clock.asleep(max(wake - clock.now(), 0.0))
+
+    # --- internals -------------------------------------------------------------
+
+    def _reschedule(self, lifecycle: Lifecycle) -> None:
+        instance_id = lifecycle.instance_id
+        due = lifecycle.next_due
+        if due is None:
+            self._scheduled.pop(instance_id, None)
+            return
+        if self._scheduled.get(instance_id) != due:
+            self._scheduled[instance_id] = due
+            heapq.heappush(self._heap, (due, next(self._seq), instance_id))
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _raise_if_stuck(lifecycle: Lifecycle, snapshot: Snapshot | None) -> None:
+    if snapshot is None:
+        return
+    status = snapshot.status
+    stuck = status in (State.INACTIVE, State.ACCOUNT_CLOSED) or (
+        status is State.FAILED and snapshot.due is not Due.RESTART
+    )
+    if stuck or lifecycle._gone:
+        raise Unrecoverable(
+            instance_id=lifecycle.instance_id,
+            state=status,
+            reason=snapshot.last_failure_reason,
+        )

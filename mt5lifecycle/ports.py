@@ -1,0 +1,232 @@
+"""The ports: what the lifecycle needs from the world, as ``typing.Protocol``s.
+
+The core talks to nothing else. A backend needs no base class: anything with these
+methods fits, which is how the shipped adapters (Redis, PostgreSQL, DuckDB,
+Prometheus, MetaTrader 5) and a host's own backends plug in alike.
+
+Every method that reaches a server raises ``StoreUnavailable`` when the server cannot
+be reached or times out, and nothing else for that fault: the runtime treats it as
+transient and retries, never as a failed login.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from .credentials import Credentials
+from .records import (
+    ArchiveRecord,
+    LoginResult,
+    Notification,
+    Order,
+    Position,
+    TradeResult,
+)
+from .snapshot import Snapshot
+from .states import Reason, State, TerminalStatus
+
+__all__ = [
+    "Archive",
+    "Broker",
+    "Clock",
+    "CredentialStore",
+    "LockToken",
+    "Metrics",
+    "Notifier",
+    "StateStore",
+    "Stored",
+]
+
+
+@attrs.frozen
+class Stored:
+    """A snapshot as read, with the version a write must be checked against."""
+
+    snapshot: Snapshot
+    version: int
+
+
+@attrs.frozen
+class LockToken:
+    """Proof of holding an instance's login lock.
+
+    ``token`` is unique to one acquisition: a holder whose lock expired and was taken
+    by another cannot release or write with the old token (fencing).
+    """
+
+    instance_id: str
+    token: str
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Time. A due time is a float of this clock, never of ``time.time()`` directly."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait; a fake clock jumps instead."""
+        ...
+
+    async def asleep(self, seconds: float) -> None:
+        """Wait without blocking the event loop; a fake clock jumps instead."""
+        ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """The live state of each instance (SPEC section 5)."""
+
+    def load(self, instance_id: str) -> Stored | None:
+        """One instance, in one round trip; ``None`` when nothing is stored."""
+        ...
+
+    def load_many(self, instance_ids: Iterable[str]) -> dict[str, Stored]:
+        """Many instances at once (restore at start-up); absent ids are left out."""
+        ...
+
+    def ids(self) -> Iterator[str]:
+        """Every instance id the store holds."""
+        ...
+
+    def commit(
+        self,
+        instance_id: str,
+        snapshot: Snapshot,
+        *,
+        expected_version: int,
+        lock: LockToken | None = None,
+    ) -> int:
+        """Write a whole snapshot atomically and return the new version.
+
+        ``expected_version`` is the version that was read (0: nothing stored). A
+        mismatch raises ``ConcurrentUpdate``; a ``lock`` that is no longer held raises
+        ``LockLost``. Either way nothing is written.
+        """
+        ...
+
+    def delete(self, instance_id: str) -> None:
+        """Remove every key of the instance, the library's own included. Idempotent."""
+        ...
+
+    def acquire_lock(self, instance_id: str, ttl: float) -> LockToken | None:
+        """Take the login lock for ``ttl`` seconds; ``None`` when another holds it."""
+        ...
+
+    def release_lock(self, lock: LockToken) -> None:
+        """Give the lock back; a no-op when it is no longer this token's."""
+        ...
+
+
+@runtime_checkable
+class CredentialStore(Protocol):
+    """Broker logins and passwords (SPEC section 6)."""
+
+    def put(self, instance_id: str, credentials: Credentials) -> None: ...
+
+    def get(self, instance_id: str) -> Credentials | None:
+        """``None`` when no credentials are stored for the instance."""
+        ...
+
+    def delete(self, instance_id: str) -> None:
+        """Idempotent."""
+        ...
+
+
+@runtime_checkable
+class Archive(Protocol):
+    """History for investigation (SPEC section 7).
+
+    ``write`` must not block a transition for long: an archive that buffers, batches
+    or queues is expected. Each record carries an id minted once, so an archive that
+    retries may drop duplicates by it.
+    """
+
+    def write(self, records: Sequence[ArchiveRecord]) -> None: ...
+
+    def is_confirmed(self, instance_id: str) -> bool:
+        """Whether the instance's closure was confirmed (its id is never started again)."""
+        ...
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Tells people and the host's backend what happened: one call per alert."""
+
+    def notify(self, notification: Notification) -> None: ...
+
+
+@runtime_checkable
+class Metrics(Protocol):
+    """The facts behind the Prometheus series (SPEC section 9)."""
+
+    def transition(
+        self,
+        instance_id: str,
+        source: State | None,
+        dest: State | None,
+        reason: Reason | None,
+    ) -> None:
+        """``source`` is ``None`` for a new instance, ``dest`` for one that is gone."""
+        ...
+
+    def login(self, instance_id: str, failure: Reason | None, consecutive_failures: int) -> None:
+        """One login call's result (``failure`` is ``None`` on success)."""
+        ...
+
+    def alert(self, notification: Notification) -> None: ...
+
+    def restart(self, instance_id: str, restart_count: int) -> None: ...
+
+    def error(self, component: str, instance_id: str | None) -> None:
+        """A backend fault the runtime absorbed (``"state"``, ``"archive"``, ...)."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """One terminal per instance: log in, watch the connection, close trades."""
+
+    def login(
+        self, instance_id: str, credentials: Credentials, *, logged_in_before: bool
+    ) -> LoginResult:
+        """Log the terminal in and classify a failure.
+
+        ``logged_in_before`` tells whether these credentials ever worked: brokers
+        answer a deleted account and a mistyped login alike, and only history tells
+        them apart (SPEC section 11).
+        """
+        ...
+
+    def status(self, instance_id: str) -> TerminalStatus: ...
+
+    def restart(self, instance_id: str) -> None:
+        """Stop and start the terminal; raises when it does not come up."""
+        ...
+
+    def stop(self, instance_id: str) -> None: ...
+
+    def positions(self, instance_id: str) -> Sequence[Position]:
+        """The open positions."""
+        ...
+
+    def orders(self, instance_id: str) -> Sequence[Order]:
+        """The pending orders."""
+        ...
+
+    def close_position(self, instance_id: str, position: Position, volume: float) -> TradeResult:
+        """Close ``volume`` of the position with one request."""
+        ...
+
+    def cancel_order(self, instance_id: str, order: Order) -> TradeResult: ...

@@ -1,0 +1,191 @@
+"""The values that leave the core: notifications, archive records, trade outcomes.
+
+They are plain frozen values so that every adapter (a log line, a Redis stream
+entry, a DuckDB row, a Prometheus sample) is a projection of the same fact. None of
+them has a field that could hold a password.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import Enum
+
+import attrs
+
+from .snapshot import Snapshot
+from .states import AlertKind, Reason, State
+
+__all__ = [
+    "LOGIN_REASONS",
+    "ArchiveRecord",
+    "ClosureRecord",
+    "LoginFailureRecord",
+    "LoginResult",
+    "Notification",
+    "Order",
+    "Outcome",
+    "Position",
+    "TradeOutcomeRecord",
+    "TradeResult",
+    "TransitionRecord",
+    "new_record_id",
+]
+
+
+def new_record_id() -> str:
+    """An id minted once per record, so a record retried through a queue lands once."""
+    return uuid.uuid4().hex
+
+
+@attrs.frozen(kw_only=True)
+class Notification:
+    """What a notifier receives: one per alert."""
+
+    kind: AlertKind
+    instance_id: str
+    reason: Reason | None
+    message: str
+    at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class TransitionRecord:
+    """One transition: every one is archived, self-loops (a retry) included."""
+
+    instance_id: str
+    at: datetime
+    event: str
+    source: State | None
+    """``None`` for an instance's first transition (``start``)."""
+    dest: State
+    reason: Reason | None
+    """``last_failure_reason`` after the transition, for transitions into a failure."""
+    record_id: str = attrs.field(factory=new_record_id)
+
+
+@attrs.frozen(kw_only=True)
+class LoginFailureRecord:
+    """One failed login, with what the broker said."""
+
+    instance_id: str
+    at: datetime
+    attempt: int
+    """``login_attempt_count`` after this failure (authentication failures in a row)."""
+    reason: Reason
+    code: int | None
+    message: str
+    record_id: str = attrs.field(factory=new_record_id)
+
+
+class Outcome(str, Enum):
+    """How a position or order ended when its account closed (SPEC section 8)."""
+
+    CLOSED = "CLOSED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen(kw_only=True)
+class TradeOutcomeRecord:
+    """One position or pending order of a closed account, and how it ended."""
+
+    instance_id: str
+    at: datetime
+    kind: str
+    """``"position"`` or ``"order"``."""
+    ticket: int
+    symbol: str
+    volume: float
+    """The volume when closing began (0 for an order)."""
+    outcome: Outcome
+    retcode: int | None
+    """The broker's last return code; ``None`` when the call itself failed."""
+    comment: str = ""
+    record_id: str = attrs.field(factory=new_record_id)
+
+
+@attrs.frozen(kw_only=True)
+class ClosureRecord:
+    """A confirmed closure: the instance's final state, marked ``INACTIVE``.
+
+    There is at most one per instance; an archive that holds it refuses the id's
+    ``start()`` for good.
+    """
+
+    instance_id: str
+    at: datetime
+    final: Snapshot
+    """The state the instance was in when the closure was confirmed."""
+    status: State = State.INACTIVE
+
+
+ArchiveRecord = TransitionRecord | LoginFailureRecord | TradeOutcomeRecord | ClosureRecord
+
+
+@attrs.frozen(kw_only=True)
+class Position:
+    """An open position as the broker reports it."""
+
+    ticket: int
+    symbol: str
+    volume: float
+
+
+@attrs.frozen(kw_only=True)
+class Order:
+    """A pending order as the broker reports it."""
+
+    ticket: int
+    symbol: str
+    volume: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class TradeResult:
+    """The broker's answer to one close or cancel request."""
+
+    retcode: int | None
+    """A ``TRADE_RETCODE_*`` value; ``None`` when no answer came back."""
+    remaining: float = 0.0
+    """Volume still open after this call (a partial fill leaves some)."""
+    comment: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class LoginResult:
+    """The broker's answer to one login call, already classified."""
+
+    ok: bool
+    reason: Reason | None = None
+    """Why it failed: ``AUTH_FAILED``, ``NETWORK``, ``TERMINAL``, ``ACCOUNT_CLOSED`` or
+    ``ACCOUNT_BANNED``; ``None`` on success."""
+    code: int | None = None
+    """The terminal's own error code (``last_error()[0]`` for MetaTrader 5)."""
+    message: str = ""
+    """The terminal's own words; never holds the password."""
+
+    @classmethod
+    def success(cls) -> LoginResult:
+        return cls(ok=True)
+
+    @classmethod
+    def failure(cls, reason: Reason, code: int | None = None, message: str = "") -> LoginResult:
+        if reason not in LOGIN_REASONS:
+            raise ValueError(f"a login cannot fail with reason {reason}")
+        return cls(ok=False, reason=reason, code=code, message=message)
+
+
+LOGIN_REASONS = frozenset(
+    {
+        Reason.AUTH_FAILED,
+        Reason.NETWORK,
+        Reason.TERMINAL,
+        Reason.ACCOUNT_CLOSED,
+        Reason.ACCOUNT_BANNED,
+    }
+)
+"""The reasons a broker may give for a failed login (``login_failure_reason``)."""

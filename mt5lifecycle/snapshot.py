@@ -1,0 +1,52 @@
+"""The stored record of one instance.
+
+``Snapshot`` is both what ``Lifecycle.snapshot()`` returns and what a state store
+persists: one frozen value, so what a user reads is exactly what was written. Its
+first eight fields are the SPEC's (section 10); the rest are the library's own keys
+under the same prefix (SPEC section 5 allows them), kept because a process that
+restarts must be able to carry on without guessing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import attrs
+
+from .states import ConnectionState, Due, Reason, State
+
+__all__ = ["Snapshot", "utc"]
+
+
+def utc(timestamp: float) -> datetime:
+    """A clock reading as the timezone-aware UTC ``datetime`` the schema stores."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """One instance's live state."""
+
+    status: State
+    connection_state: ConnectionState = ConnectionState.DISCONNECTED
+    login_attempt_count: int = 0
+    """Authentication failures in a row; equals the maximum once exhausted."""
+    last_login_attempt: datetime | None = None
+    login_failure_reason: Reason | None = None
+    """The broker's reason for the latest failed login; cleared by a success or a reset."""
+    last_failure_reason: Reason | None = None
+    restart_count: int = 0
+    next_due: float | None = None
+    """When the pending ``due`` action runs, as a reading of the clock port."""
+
+    due: Due | None = None
+    """What happens at ``next_due``; ``None`` when nothing is pending."""
+    network_retry_count: int = 0
+    """Network losses retried since the last success, restart or reset."""
+    ever_logged_in: bool = False
+    """Whether these credentials ever logged in: a later ``Invalid account`` then means
+    a closed account rather than a mistyped login (SPEC section 11)."""
+    failed_since_success: bool = False
+    """Any failure since the last success: the next ``CONNECTED`` fires ``LOGIN_RECOVERED``."""
+    terminal_stopped: bool = False
+    """The library stopped the terminal; ``reset`` starts it again before logging in."""

@@ -1,0 +1,1 @@
+"""Adapters: one module per backend, each importing its driver lazily."""

@@ -48,6 +48,7 @@ class Fleet:
         self._kick: asyncio.Event | None = None
         self._driving = 0
         self._tick: asyncio.Event | None = None
+        self._deadlines: list[float] = []
 
     # --- membership ------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Fleet:
                 self._kick.clear()
                 due = await asyncio.to_thread(self.run_due)
                 self._tick.set()
-                wake = _earliest(due, until)
+                wake = _earliest(_earliest(due, until), min(self._deadlines, default=None))
                 if until is not None and clock.now() >= until:
                     return
                 await self._sleep_until(wake)
@@ -207,21 +208,23 @@ class Fleet:
                     f"(now {snapshot.status.value if snapshot else None})"
                 )
             if self._driving and self._tick is not None:
+                # arun() owns the clock (a fake one jumps): it wakes for this deadline
+                # too, and every pass it makes sets the tick.
                 tick = self._tick
                 tick.clear()
-                waits: list[asyncio.Future[Any]] = [
-                    asyncio.ensure_future(tick.wait()),
-                    asyncio.ensure_future(clock.asleep(deadline - now)),
-                ]
+                self._deadlines.append(deadline)
+                if self._kick is not None:
+                    self._kick.set()
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    await tick.wait()
                 finally:
-                    for task in waits:
-                        task.cancel()
+                    self._deadlines.remove(deadline)
             else:
                 due = await asyncio.to_thread(self.run_due)
-                if lifecycle.snapshot() is not None and lifecycle.state is State.CONNECTED:
-                    continue
+                snapshot = lifecycle.snapshot()
+                if snapshot is not None and snapshot.status is State.CONNECTED:
+                    return snapshot
+                _raise_if_stuck(lifecycle, snapshot)
                 wake = deadline if due is None else min(due, deadline)
                 await clock.asleep(max(wake - clock.now(), 0.0))
 

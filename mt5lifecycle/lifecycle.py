@@ -145,7 +145,7 @@ class Lifecycle:
                 detail="this Lifecycle is already started",
             )
         backends = self.backends
-        if backends.archive.is_confirmed(self.instance_id):
+        if self._confirmed_in_archive():
             raise InvalidTransition(
                 instance_id=self.instance_id,
                 event="start",
@@ -264,9 +264,7 @@ class Lifecycle:
             self._reload()
         except _STORE_FAULTS as exc:
             self._hold_until = now + self.policy.transient_retry_delay
-            self._guarded(
-                "metrics", self.backends.metrics.error, exc.__class__.__name__, self.instance_id
-            )
+            self._guarded("metrics", self.backends.metrics.error, exc.backend, self.instance_id)
             log.warning("instance %s: %s; trying again later", self.instance_id, exc)
             raise
 
@@ -564,6 +562,19 @@ class Lifecycle:
             # Unusable is missing: logging in with a guess is never an option.
             log.error("instance %s: stored credentials do not decrypt", self.instance_id)
             return None
+
+    def _confirmed_in_archive(self) -> bool:
+        try:
+            return self.backends.archive.is_confirmed(self.instance_id)
+        except Exception:
+            # The archive never blocks the lifecycle. A confirmed closure also deleted
+            # the credentials, so an id wrongly let through goes FAILED, never in.
+            log.exception(
+                "instance %s: the archive could not say whether its closure was confirmed",
+                self.instance_id,
+            )
+            self._guarded("metrics", self.backends.metrics.error, "archive", self.instance_id)
+            return False
 
     def _credentials_stored(self) -> bool:
         return self._credentials() is not None

@@ -52,6 +52,7 @@ __all__ = [
     "Row",
     "decide",
     "machine_state",
+    "markdown_table",
     "mermaid",
 ]
 
@@ -661,4 +662,16 @@ def mermaid() -> str:
                 f"    {names.get(source, source)} --> {names.get(row.dest, row.dest)}: {label}"
             )
     lines.append("    CLOSURE_CONFIRMED --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """``TABLE`` as a Markdown table (docs/lifecycle.md embeds it)."""
+    lines = ["| event | from | guards | to | effects |", "| --- | --- | --- | --- | --- |"]
+    for row in TABLE:
+        guards = ", ".join([*row.guards, *(f"not {name}" for name in row.unless)]) or "—"
+        effects = ", ".join(f"`{name}`" for name in row.effects)
+        lines.append(
+            f"| `{row.event}` | {', '.join(row.sources)} | {guards} | {row.dest} | {effects} |"
+        )
     return "\n".join(lines) + "\n"

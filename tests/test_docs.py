@@ -1,0 +1,23 @@
+"""The documentation's copies of the table and the diagram stay equal to the code's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mt5lifecycle.machine import markdown_table, mermaid
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+
+
+def _between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_the_diagram_in_the_docs_is_generated_from_the_table() -> None:
+    block = _between(DOC.read_text(), "<!-- diagram:start -->\n", "<!-- diagram:end -->")
+    assert block == f"```mermaid\n{mermaid()}```\n"
+
+
+def test_the_table_in_the_docs_is_the_code_table() -> None:
+    block = _between(DOC.read_text(), "<!-- table:start -->\n", "<!-- table:end -->")
+    assert block == markdown_table()

@@ -1,0 +1,148 @@
+"""Fleet: many instances on one timer heap (SPEC section 10)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mt5lifecycle import Credentials, Fleet, InvalidTransition, Policy, Reason, State
+from mt5lifecycle.errors import Unrecoverable
+from mt5lifecycle.testing import FakeClock, memory_backends, run_for
+
+CREDS = Credentials(1001, "Srv", "pw")
+
+
+def fleet_of(n: int, policy: Policy | None = None) -> tuple[Fleet, FakeClock]:
+    clock = FakeClock()
+    b = memory_backends(clock=clock)
+    for i in range(n):
+        b.credentials.put(f"i{i}", CREDS)
+    return Fleet(b, policy), clock
+
+
+def test_add_starts_and_run_due_logs_everyone_in() -> None:
+    fleet, clock = fleet_of(50)
+    for i in range(50):
+        fleet.add(f"i{i}")
+    assert len(fleet) == 50 and "i7" in fleet
+    assert fleet["i7"].state is State.CONNECTING
+    assert fleet.next_due == clock.now()
+    fleet.run_due()
+    assert all(fleet[i].state is State.CONNECTED for i in fleet)
+    assert fleet.next_due == clock.now() + 60  # the connection checks
+
+
+def test_adding_twice_is_refused_and_unknown_ids_raise_key_error() -> None:
+    fleet, _ = fleet_of(1)
+    fleet.add("i0")
+    with pytest.raises(InvalidTransition, match="already in this fleet"):
+        fleet.add("i0")
+    with pytest.raises(KeyError, match="nope"):
+        fleet["nope"]
+
+
+def test_each_instance_follows_its_own_timeline() -> None:
+    fleet, clock = fleet_of(3)
+    broker = fleet.backends.broker
+    broker.fail_logins("i0", Reason.AUTH_FAILED)  # type: ignore[attr-defined]
+    broker.fail_logins("i1", Reason.AUTH_FAILED, times=2)  # type: ignore[attr-defined]
+    for i in range(3):
+        fleet.add(f"i{i}")
+    t0 = clock.now()
+    run_for(fleet, clock, 200)
+    assert [t - t0 for t in broker.login_times("i0")] == [0, 5, 15, 45, 105]  # type: ignore[attr-defined]
+    assert [t - t0 for t in broker.login_times("i1")] == [0, 5, 15]  # type: ignore[attr-defined]
+    assert fleet["i0"].state is State.FAILED
+    assert fleet["i1"].state is State.CONNECTED
+    assert fleet["i2"].state is State.CONNECTED
+
+
+def test_the_connection_check_turns_a_dropped_terminal_into_connection_lost() -> None:
+    fleet, clock = fleet_of(2)
+    fleet.add("i0")
+    fleet.add("i1")
+    fleet.run_due()
+    fleet.backends.broker.drop_connection("i1")  # type: ignore[attr-defined]
+    clock.advance(60)
+    fleet.run_due()
+    assert fleet["i0"].state is State.CONNECTED
+    assert fleet["i1"].state is State.CONNECTING
+
+
+def test_an_event_sent_to_a_member_reschedules_it() -> None:
+    fleet, clock = fleet_of(1)
+    fleet.add("i0")
+    fleet.run_due()
+    fleet["i0"].terminal_failed()
+    assert fleet.next_due == clock.now() + 30
+    fleet["i0"].disable()
+    assert fleet.next_due is None
+
+
+def test_run_plays_the_timeline_on_a_fake_clock_and_stops_when_idle() -> None:
+    fleet, clock = fleet_of(2, Policy(connection_check_interval=3600))
+    fleet.backends.broker.fail_logins("i0", Reason.AUTH_FAILED)  # type: ignore[attr-defined]
+    fleet.add("i0")
+    fleet.add("i1")
+    t0 = clock.now()
+    fleet.run(until=t0 + 7200)
+    assert fleet["i0"].state is State.FAILED
+    assert fleet["i1"].state is State.CONNECTED
+    assert clock.now() >= t0 + 7200
+
+
+def test_arun_and_wait_connected() -> None:
+    fleet, clock = fleet_of(2)
+    fleet.backends.broker.fail_logins("i0", Reason.AUTH_FAILED, times=2)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        fleet.add("i0")
+        fleet.add("i1")
+        snap = await fleet.wait_connected("i0", timeout=60)
+        assert snap.status is State.CONNECTED
+        assert clock.now() - 1767225600.0 == 15
+
+    asyncio.run(scenario())
+
+
+def test_wait_connected_raises_at_once_on_a_dead_account() -> None:
+    fleet, clock = fleet_of(1)
+    fleet.backends.broker.ban_account("i0")  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        fleet.add("i0")
+        with pytest.raises(Unrecoverable, match="INACTIVE") as caught:
+            await fleet.wait_connected("i0", timeout=3600)
+        assert caught.value.reason is Reason.ACCOUNT_BANNED
+        assert clock.now() == 1767225600.0  # no timeout waited out
+
+    asyncio.run(scenario())
+
+
+def test_wait_connected_times_out_on_the_fleets_clock() -> None:
+    fleet, clock = fleet_of(1)
+    fleet.backends.broker.fail_logins("i0", Reason.NETWORK)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        fleet.add("i0")
+        with pytest.raises(TimeoutError):
+            await fleet.wait_connected("i0", timeout=25)
+        assert clock.now() - 1767225600.0 == pytest.approx(25)
+
+    asyncio.run(scenario())
+
+
+def test_wait_connected_while_arun_drives() -> None:
+    fleet, clock = fleet_of(1)
+    fleet.backends.broker.fail_logins("i0", Reason.AUTH_FAILED, times=1)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        fleet.add("i0")
+        runner = asyncio.create_task(fleet.arun(until=clock.now() + 3600))
+        snap = await fleet.wait_connected("i0", timeout=60)
+        assert snap.status is State.CONNECTED
+        fleet.stop()
+        await runner
+
+    asyncio.run(scenario())

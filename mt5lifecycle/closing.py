@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from .policy import Policy
 from .ports import Broker
@@ -23,6 +24,8 @@ __all__ = ["CloseStep", "close_all", "close_step"]
 
 log = logging.getLogger("mt5lifecycle.closing")
 
+T = TypeVar("T")
+
 # MetaTrader 5 TRADE_RETCODE_* values (the MetaTrader5 package's constants).
 DONE = 10009
 DONE_PARTIAL = 10010
@@ -30,6 +33,8 @@ PLACED = 10008
 REQUOTE = 10004
 PRICE_CHANGED = 10020
 PRICE_OFF = 10021
+POSITION_CLOSED = 10036
+"""The position is no longer open (a stop loss or the broker closed it first)."""
 FILLED = frozenset({DONE, DONE_PARTIAL, PLACED})
 """Answers that took (some of) the volume; ``remaining`` says how much is left."""
 RETRYABLE = frozenset({REQUOTE, PRICE_CHANGED, PRICE_OFF})
@@ -54,6 +59,8 @@ def close_step(result: TradeResult, *, requotes: int, calls: int, policy: Policy
     """
     code = result.retcode
     more_calls = calls < policy.max_close_calls
+    if code == POSITION_CLOSED and result.remaining <= _EPSILON:
+        return CloseStep.CLOSED
     if code in FILLED:
         if result.remaining <= _EPSILON:
             return CloseStep.CLOSED
@@ -66,15 +73,34 @@ def close_step(result: TradeResult, *, requotes: int, calls: int, policy: Policy
 def close_all(
     broker: Broker, instance_id: str, policy: Policy, now: Callable[[], float]
 ) -> list[TradeOutcomeRecord]:
-    """Close every open position and cancel every pending order; one outcome each."""
+    """Close every open position and cancel every pending order; one outcome each.
+
+    Closing happens "while the terminal still answers": a terminal that cannot even
+    list its positions or orders leaves them as they are (logged), rather than keep a
+    closed account's cleanup pending for ever.
+    """
     outcomes = [
         _close_position(broker, instance_id, position, policy, now)
-        for position in broker.positions(instance_id)
+        for position in _listed(broker.positions, instance_id, "positions")
     ]
     outcomes.extend(
-        _cancel_order(broker, instance_id, order, now) for order in broker.orders(instance_id)
+        _cancel_order(broker, instance_id, order, now)
+        for order in _listed(broker.orders, instance_id, "orders")
     )
     return outcomes
+
+
+def _listed(call: Callable[[str], Sequence[T]], instance_id: str, what: str) -> Sequence[T]:
+    try:
+        return call(instance_id)
+    except Exception as exc:  # the terminal is gone: nothing more can be closed through it
+        log.error(
+            "instance %s: the terminal did not list its %s (%s); they are left as they are",
+            instance_id,
+            what,
+            type(exc).__name__,
+        )
+        return ()
 
 
 def _close_position(

@@ -156,6 +156,19 @@ class Lifecycle:
         self._reload()
         if self._snap is None:
             self._apply("start", Facts(has_credentials=self._credentials_stored()))
+        else:
+            # A resumed instance is new to this process's metrics: without this, an
+            # exhausted or banned instance would have no series after a restart, and
+            # its alert would fall silent.
+            snap = self._snap
+            self._guarded(
+                "metrics",
+                backends.metrics.transition,
+                self.instance_id,
+                None,
+                snap.status,
+                snap.last_failure_reason,
+            )
         self._started = True
         if self._snap is not None and self._snap.status is State.CONNECTED:
             # A resumed CONNECTED instance was connected when its owner stopped:
@@ -244,6 +257,8 @@ class Lifecycle:
     def _facts(self, **kwargs: Any) -> Facts:
         if self.policy.backoff_jitter:
             kwargs.setdefault("rand", random.random())  # noqa: S311 - jitter, not secrecy
+        elif not kwargs:
+            return _NO_FACTS
         return Facts(**kwargs)
 
     def _step(self, now: float) -> None:
@@ -613,6 +628,7 @@ class Lifecycle:
 
 
 _DEFAULT_POLICY = Policy()
+_NO_FACTS = Facts()
 
 _ACTIONS: dict[Due, Callable[[Lifecycle, float], None]] = {
     Due.LOGIN: Lifecycle._login,

@@ -37,7 +37,7 @@ from transitions import Machine
 from transitions.core import MachineError
 
 from .policy import Policy
-from .snapshot import Snapshot, utc
+from .snapshot import Snapshot, replace, utc
 from .states import AlertKind, ConnectionState, Due, Reason, State
 
 __all__ = [
@@ -183,7 +183,17 @@ class _Step:
     Slotted and short-lived: the shared ``Machine`` never keeps a reference to it.
     """
 
-    __slots__ = ("alerts", "changes", "commands", "facts", "now", "policy", "snap", "state")
+    __slots__ = (
+        "alerts",
+        "changes",
+        "commands",
+        "effects",
+        "facts",
+        "now",
+        "policy",
+        "snap",
+        "state",
+    )
 
     def __init__(
         self, state: str, snap: Snapshot, facts: Facts, policy: Policy, now: float
@@ -196,6 +206,7 @@ class _Step:
         self.changes: dict[str, Any] = {}
         self.alerts: list[Alert] = []
         self.commands: list[Command] = []
+        self.effects: tuple[Callable[[_Step], None], ...] = ()
 
     def get(self, field: str) -> Any:
         """A field's value as the effects so far have left it."""
@@ -420,6 +431,7 @@ def credentials_missing(step: _Step) -> None:
     step.changes.update(
         connection_state=ConnectionState.FAILED,
         last_failure_reason=Reason.CREDENTIALS_MISSING,
+        failed_since_success=True,
         due=None,
         next_due=None,
     )
@@ -483,6 +495,7 @@ def account_banned(step: _Step) -> None:
     step.changes.update(
         connection_state=ConnectionState.DISCONNECTED,
         last_failure_reason=Reason.ACCOUNT_BANNED,
+        failed_since_success=True,
         terminal_stopped=True,
         due=None,
         next_due=None,
@@ -562,7 +575,7 @@ def _build() -> Machine:
             row.dest,
             conditions=[_guard(name) for name in row.guards],
             unless=[_guard(name) for name in row.unless],
-            after=[_effect(name) for name in row.effects],
+            after=_chosen(row),
         )
     return machine
 
@@ -577,13 +590,16 @@ def _guard(name: str) -> Callable[[Any], bool]:
     return condition
 
 
-def _effect(name: str) -> Callable[[Any], None]:
-    apply = EFFECTS[name]
+def _chosen(row: Row) -> Callable[[Any], None]:
+    # One callback per row records which row fired; its effects then run in plain
+    # Python, in table order. (Several rows share an event, source and destination:
+    # the row, not the destination, says what to do.)
+    effects = tuple(EFFECTS[name] for name in row.effects)
 
     def callback(event_data: Any) -> None:
-        apply(event_data.model)
+        event_data.model.effects = effects
 
-    callback.__name__ = name
+    callback.__name__ = f"{row.event}->{row.dest}"
     return callback
 
 
@@ -603,6 +619,11 @@ def machine_state(snapshot: Snapshot | None) -> str:
 
 
 _BLANK = Snapshot(status=State.CONNECTING)
+_STATUS = {
+    name: State.INACTIVE if name == CLOSURE_CONFIRMED else State(name)
+    for name in MACHINE_STATES
+    if name != NEW
+}
 
 
 def decide(
@@ -623,10 +644,12 @@ def decide(
             return None
     except MachineError:
         return None
+    for effect in step.effects:
+        effect(step)
     dest = step.state
     changes = step.changes
-    changes["status"] = State.INACTIVE if dest == CLOSURE_CONFIRMED else State(dest)
-    new = attrs.evolve(step.snap, **changes)
+    changes["status"] = _STATUS[dest]
+    new = replace(step.snap, changes)
     return Decision(
         event=event,
         source=source,

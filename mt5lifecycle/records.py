@@ -7,7 +7,8 @@ them has a field that could hold a password.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from datetime import datetime
 from enum import Enum
 
@@ -33,9 +34,28 @@ __all__ = [
 ]
 
 
+_PROCESS = os.urandom(8).hex()
+_COUNTER = itertools.count()
+
+
+def _reseed() -> None:
+    # A forked child must not mint its parent's ids.
+    global _PROCESS, _COUNTER
+    _PROCESS = os.urandom(8).hex()
+    _COUNTER = itertools.count()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
+
+
 def new_record_id() -> str:
-    """An id minted once per record, so a record retried through a queue lands once."""
-    return uuid.uuid4().hex
+    """An id minted once per record, so a record retried through a queue lands once.
+
+    A random per-process prefix and a counter: unique across processes and hosts like
+    a uuid4, at a fraction of its cost on a transition's hot path.
+    """
+    return f"{_PROCESS}{next(_COUNTER):x}"
 
 
 @attrs.frozen(kw_only=True)

@@ -15,7 +15,7 @@ import attrs
 
 from .states import ConnectionState, Due, Reason, State
 
-__all__ = ["Snapshot", "utc"]
+__all__ = ["Snapshot", "replace", "utc"]
 
 
 def utc(timestamp: float) -> datetime:
@@ -50,3 +50,20 @@ class Snapshot:
     """Any failure since the last success: the next ``CONNECTED`` fires ``LOGIN_RECOVERED``."""
     terminal_stopped: bool = False
     """The library stopped the terminal; ``reset`` starts it again before logging in."""
+
+
+_FIELDS = tuple(field.name for field in attrs.fields(Snapshot))
+_new = object.__new__
+_set = object.__setattr__
+
+
+def replace(snapshot: Snapshot, changes: dict[str, object]) -> Snapshot:
+    """``attrs.evolve`` without its introspection: a transition's hot path calls it.
+
+    ``Snapshot`` has no validators or converters, so copying field by field is the
+    same value ``attrs.evolve`` would build, several times faster.
+    """
+    new = _new(Snapshot)
+    for name in _FIELDS:
+        _set(new, name, changes[name] if name in changes else getattr(snapshot, name))
+    return new

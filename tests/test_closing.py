@@ -6,7 +6,7 @@ import pytest
 
 from mt5lifecycle import Policy, State
 from mt5lifecycle.closing import CloseStep, close_step
-from mt5lifecycle.records import Outcome, TradeResult
+from mt5lifecycle.records import Outcome, Position, TradeResult
 
 from .conftest import World
 
@@ -112,3 +112,31 @@ def test_a_crash_between_closure_and_closing_leaves_the_closing_due(world: World
     again.run_due()
     assert [r.outcome for r in world.archive.outcomes(world.id)] == [Outcome.CLOSED]
     assert world.broker.positions(world.id) == []
+
+
+def test_a_position_the_broker_already_closed_is_recorded_closed(world: World) -> None:
+    world.connected()
+    # listed, then closed by its stop loss before our request reached the broker
+    stale = [Position(ticket=5, symbol="EURUSD", volume=1.0)]
+    world.broker.positions = lambda _: stale  # type: ignore[method-assign]
+    world.lc.account_closed()
+    [record] = world.archive.outcomes(world.id)
+    assert (record.outcome, record.retcode) == (Outcome.CLOSED, 10036)
+
+
+def test_a_terminal_that_cannot_list_its_trades_leaves_them_and_the_closure_ends(
+    world: World,
+) -> None:
+    world.connected()
+    world.broker.open_position(world.id, 5, "EURUSD", 1.0)
+
+    def gone(_: str) -> list[object]:
+        raise ConnectionError("No IPC connection")
+
+    world.broker.positions = gone  # type: ignore[method-assign,assignment]
+    world.lc.account_closed()
+    snap = world.lc.snapshot()
+    assert snap is not None
+    assert snap.status is State.ACCOUNT_CLOSED
+    assert snap.due is None
+    assert world.archive.outcomes(world.id) == []

@@ -346,6 +346,8 @@ def test_reset_from_failed_and_inactive_logs_in_now(world: World, setup: str) ->
     assert len(world.logins()) == before + 1
     assert world.lc.state is State.CONNECTED
     assert world.broker.is_up(world.id)  # the stopped terminal was started again
+    if setup != "disabled":  # a manual disable is no failure
+        assert world.kinds()[-1] == "LOGIN_RECOVERED"
 
 
 @pytest.mark.parametrize("setup", ["connecting", "connected", "failed", "inactive"])

@@ -118,7 +118,7 @@ def test_a_position_the_broker_already_closed_is_recorded_closed(world: World) -
     world.connected()
     # listed, then closed by its stop loss before our request reached the broker
     stale = [Position(ticket=5, symbol="EURUSD", volume=1.0)]
-    world.broker.positions = lambda _: stale  # type: ignore[method-assign]
+    world.broker.positions = lambda _: stale  # type: ignore[method-assign,assignment]
     world.lc.account_closed()
     [record] = world.archive.outcomes(world.id)
     assert (record.outcome, record.retcode) == (Outcome.CLOSED, 10036)

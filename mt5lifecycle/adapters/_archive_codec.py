@@ -1,0 +1,167 @@
+"""Archive records as JSON, for the Redis stream between workers and the archiver.
+
+The codec is driven by the records' own attrs fields, so it carries exactly what a
+record holds and nothing else (no record has a field that could hold a password),
+and a field the core adds later travels without a change here. Decoding is strict:
+an unknown record type, a missing or unknown field, or a value of the wrong type
+raises ``ValueError`` naming it, because a guessed record in an archive is worse
+than a missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from datetime import datetime
+from enum import Enum
+from typing import Any, Final
+
+import attrs
+
+from ..ids import check_instance_id
+from ..records import (
+    ArchiveRecord,
+    ClosureRecord,
+    LoginFailureRecord,
+    TradeOutcomeRecord,
+    TransitionRecord,
+)
+from ..snapshot import Snapshot
+
+__all__ = ["KINDS", "decode", "decode_many", "encode", "encode_many", "record_key"]
+
+KINDS: Final[dict[str, type[Any]]] = {
+    "transition": TransitionRecord,
+    "login_failure": LoginFailureRecord,
+    "trade_outcome": TradeOutcomeRecord,
+    "closure": ClosureRecord,
+}
+_KIND_OF: Final[dict[type[Any], str]] = {cls: kind for kind, cls in KINDS.items()}
+_TYPE_KEY: Final = "type"
+
+for _cls in (*KINDS.values(), Snapshot):
+    attrs.resolve_types(_cls)
+
+
+def record_key(record: ArchiveRecord) -> str:
+    """The identity an archive dedupes on.
+
+    A closure has no ``record_id``: there is at most one per instance, so its
+    instance id is its identity.
+    """
+    if isinstance(record, ClosureRecord):
+        return "closure:" + record.instance_id
+    return record.record_id
+
+
+def _to_json(value: object) -> object:
+    if value is None or (
+        isinstance(value, (bool, int, float, str)) and not isinstance(value, Enum)
+    ):
+        return value
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"archive times must be timezone-aware, not {value!r}")
+        return value.isoformat()
+    cls: Any = type(value)
+    if attrs.has(cls):
+        return {f.name: _to_json(getattr(value, f.name)) for f in attrs.fields(cls)}
+    raise ValueError(f"cannot archive a value of type {type(value).__name__}")
+
+
+def _as_dict(record: ArchiveRecord) -> dict[str, object]:
+    kind = _KIND_OF.get(type(record))
+    if kind is None:
+        raise ValueError(f"not an archive record: {type(record).__name__}")
+    out = typing.cast("dict[str, object]", _to_json(record))
+    out[_TYPE_KEY] = kind
+    return out
+
+
+def encode(record: ArchiveRecord) -> str:
+    return json.dumps(_as_dict(record), separators=(",", ":"))
+
+
+def encode_many(records: typing.Iterable[ArchiveRecord]) -> str:
+    """Several records as one JSON array: one stream entry per ``write`` call."""
+    return json.dumps([_as_dict(r) for r in records], separators=(",", ":"))
+
+
+def _from_json(value: object, hint: Any, where: str) -> object:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        options = typing.get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ValueError(f"{where} must not be null")
+        (inner,) = [o for o in options if o is not type(None)]
+        return _from_json(value, inner, where)
+    if value is None:
+        raise ValueError(f"{where} must not be null")
+    if isinstance(hint, type):
+        if issubclass(hint, Enum):
+            try:
+                return hint(value)
+            except ValueError:
+                raise ValueError(f"{where} is not a {hint.__name__}: {value!r}") from None
+        if hint is datetime:
+            if not isinstance(value, str):
+                raise ValueError(f"{where} must be an ISO 8601 time, not {value!r}")
+            parsed = datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                raise ValueError(f"{where} must be timezone-aware: {value!r}")
+            return parsed
+        if attrs.has(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where} must be an object, not {value!r}")
+            return _build(hint, value, where)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if hint is bool and isinstance(value, bool):
+            return value
+        if hint in (int, str, float) and type(value) is hint:
+            return value
+    raise ValueError(f"{where} is not a {getattr(hint, '__name__', hint)}: {value!r}")
+
+
+def _build(cls: type[Any], data: dict[str, object], where: str) -> object:
+    fields = {f.name: f for f in attrs.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{where} has unknown fields {sorted(unknown)}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.default is attrs.NOTHING:
+                raise ValueError(f"{where} lacks the field {name!r}")
+            continue
+        kwargs[name] = _from_json(data[name], field.type, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _record(data: object) -> ArchiveRecord:
+    if not isinstance(data, dict):
+        raise ValueError(f"an archive record must be a JSON object, not {data!r:.80}")
+    body = dict(data)
+    kind = body.pop(_TYPE_KEY, None)
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown archive record type {kind!r}")
+    # A forged entry must not bring a hostile id into the archive.
+    check_instance_id(body.get("instance_id"))
+    return typing.cast("ArchiveRecord", _build(cls, body, kind))
+
+
+def decode(text: str | bytes) -> ArchiveRecord:
+    return _record(json.loads(text))
+
+
+def decode_many(text: str | bytes) -> list[ArchiveRecord]:
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError("an archive entry must hold a JSON array of records")
+    return [_record(item) for item in data]

@@ -4,6 +4,12 @@ Each instance's next due time sits in one heap, so ``run_due`` touches only the
 instances that are due (O(due x log n)) and an idle instance costs no CPU. Entries
 are invalidated lazily: when an instance's due time changes a new entry is pushed,
 and a popped entry that no longer matches is skipped.
+
+The instances due together run on a bounded pool of worker threads, in chunks, so
+one slow terminal holds up only its own chunk; their state writes share round trips
+through ``GroupCommitStore`` when the state store can batch (``commit_many``). An
+instance is only ever driven by one thread at a time: ``send`` waits for a worker
+that is driving it.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import attrs
 
 from .backends import Backends
 from .clock import SystemClock
 from .errors import InvalidTransition, StoreUnavailable, Unrecoverable
+from .group_commit import BatchingStateStore, GroupCommitStore
 from .ids import check_instance_id
 from .lifecycle import Lifecycle
 from .policy import Policy
@@ -29,21 +39,43 @@ __all__ = ["Fleet"]
 
 log = logging.getLogger("mt5lifecycle.fleet")
 
+T = TypeVar("T")
+
+_CHUNKS_PER_WORKER = 4
+"""Due instances are split into this many chunks per worker: few enough to keep the
+pool's overhead small, many enough that a slow terminal holds up few others."""
+
 
 class Fleet:
     """Instances sharing one set of backends, one policy and one timer heap."""
 
-    def __init__(self, backends: Backends, policy: Policy | None = None) -> None:
+    def __init__(
+        self, backends: Backends, policy: Policy | None = None, *, workers: int = 8
+    ) -> None:
         if not isinstance(backends, Backends):
             raise TypeError(f"backends must be a Backends value, not {type(backends).__name__}")
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy value, not {type(policy).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, not {workers!r}")
+        state = backends.state
+        if (
+            workers > 1
+            and isinstance(state, BatchingStateStore)
+            and not isinstance(state, GroupCommitStore)
+        ):
+            backends = attrs.evolve(backends, state=GroupCommitStore(state))
         self.backends = backends
         self.policy = policy if policy is not None else Policy()
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
         self._members: dict[str, Lifecycle] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._scheduled: dict[str, float] = {}
         self._seq = itertools.count()
+        # Guards the heap and the busy set: workers reschedule from their threads.
+        self._lock = threading.Condition(threading.RLock())
+        self._busy: set[str] = set()
         self._stop = threading.Event()
         self._kick: asyncio.Event | None = None
         self._driving = 0
@@ -91,14 +123,15 @@ class Fleet:
     @property
     def next_due(self) -> float | None:
         """The earliest due time of any instance."""
-        heap = self._heap
-        scheduled = self._scheduled
-        while heap:
-            due, _, instance_id = heap[0]
-            if scheduled.get(instance_id) == due:
-                return due
-            heapq.heappop(heap)
-        return None
+        with self._lock:
+            heap = self._heap
+            scheduled = self._scheduled
+            while heap:
+                due, _, instance_id = heap[0]
+                if scheduled.get(instance_id) == due:
+                    return due
+                heapq.heappop(heap)
+            return None
 
     def run_due(self) -> float | None:
         """Run every instance that is due at the clock's now; return the next due time.
@@ -107,26 +140,78 @@ class Fleet:
         stop the others.
         """
         now = self.backends.clock.now()
-        heap = self._heap
-        scheduled = self._scheduled
-        visited: set[str] = set()
-        while heap and heap[0][0] <= now:
-            due, _, instance_id = heapq.heappop(heap)
-            if scheduled.get(instance_id) != due or instance_id in visited:
-                continue
-            del scheduled[instance_id]
-            visited.add(instance_id)
-            lifecycle = self._members[instance_id]
+        due: list[Lifecycle] = []
+        with self._lock:
+            heap = self._heap
+            scheduled = self._scheduled
+            held: list[tuple[float, int, str]] = []
+            while heap and heap[0][0] <= now:
+                entry = heapq.heappop(heap)
+                when, _, instance_id = entry
+                if scheduled.get(instance_id) != when:
+                    continue
+                if instance_id in self._busy:
+                    held.append(entry)  # driven elsewhere right now: keep its turn
+                    continue
+                del scheduled[instance_id]
+                self._busy.add(instance_id)
+                due.append(self._members[instance_id])
+            for entry in held:
+                heapq.heappush(heap, entry)
+        if len(due) <= 1 or self.workers == 1:
+            self._run_chunk(due)
+        else:
+            size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
+            chunks = [due[i : i + size] for i in range(0, len(due), size)]
+            for _ in self._executor().map(self._run_chunk, chunks):
+                pass
+        if self._tick is not None:
+            self._tick.set()
+        return self.next_due
+
+    def send(self, instance_id: str, action: Callable[[Lifecycle], T]) -> T:
+        """Run ``action(fleet[id])`` once no worker is driving the instance.
+
+        For events and operator actions while ``run()`` or ``arun()`` drives the
+        fleet from other threads: ``fleet.send("bot-1", Lifecycle.reset)``.
+        """
+        lifecycle = self[instance_id]
+        with self._lock:
+            while instance_id in self._busy:
+                self._lock.wait()
+            self._busy.add(instance_id)
+        try:
+            return action(lifecycle)
+        finally:
+            self._release(lifecycle)
+
+    def close(self) -> None:
+        """Stop the worker pool (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mt5lifecycle")
+        return self._pool
+
+    def _run_chunk(self, chunk: list[Lifecycle]) -> None:
+        for lifecycle in chunk:
             try:
                 lifecycle.run_due()
             except StoreUnavailable:
                 pass  # logged and held off by the lifecycle itself
             except Exception:
-                log.exception("instance %s: a due action failed", instance_id)
+                log.exception("instance %s: a due action failed", lifecycle.instance_id)
+            finally:
+                self._release(lifecycle)
+
+    def _release(self, lifecycle: Lifecycle) -> None:
+        with self._lock:
+            self._busy.discard(lifecycle.instance_id)
             self._reschedule(lifecycle)
-        if self._tick is not None:
-            self._tick.set()
-        return self.next_due
+            self._lock.notify_all()
 
     def stop(self) -> None:
         """Ask ``run()`` / ``arun()`` to return after the current pass."""
@@ -233,12 +318,13 @@ class Fleet:
     def _reschedule(self, lifecycle: Lifecycle) -> None:
         instance_id = lifecycle.instance_id
         due = lifecycle.next_due
-        if due is None:
-            self._scheduled.pop(instance_id, None)
-            return
-        if self._scheduled.get(instance_id) != due:
-            self._scheduled[instance_id] = due
-            heapq.heappush(self._heap, (due, next(self._seq), instance_id))
+        with self._lock:
+            if due is None:
+                self._scheduled.pop(instance_id, None)
+                return
+            if self._scheduled.get(instance_id) != due:
+                self._scheduled[instance_id] = due
+                heapq.heappush(self._heap, (due, next(self._seq), instance_id))
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

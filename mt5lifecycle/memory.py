@@ -79,6 +79,20 @@ class MemoryStateStore:
             self._rows[instance_id] = Stored(snapshot, version)
             return version
 
+    def commit_many(
+        self, items: Iterable[tuple[str, Snapshot, int, LockToken | None]]
+    ) -> list[int | Exception]:
+        """Each item committed as ``commit`` would; its version or its error."""
+        out: list[int | Exception] = []
+        for instance_id, snapshot, expected_version, lock in items:
+            try:
+                out.append(
+                    self.commit(instance_id, snapshot, expected_version=expected_version, lock=lock)
+                )
+            except (ConcurrentUpdate, LockLost) as exc:
+                out.append(exc)
+        return out
+
     def delete(self, instance_id: str) -> None:
         check_instance_id(instance_id)
         with self._guard:

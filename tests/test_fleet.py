@@ -146,3 +146,45 @@ def test_wait_connected_while_arun_drives() -> None:
         await runner
 
     asyncio.run(scenario())
+
+
+def test_a_worker_pool_drives_many_due_instances_and_groups_their_commits() -> None:
+    from mt5lifecycle.group_commit import GroupCommitStore
+
+    fleet, clock = fleet_of(400)
+    assert isinstance(fleet.backends.state, GroupCommitStore)
+    broker = fleet.backends.broker
+    for i in range(0, 400, 2):
+        broker.fail_logins(f"i{i}", Reason.AUTH_FAILED, times=1)  # type: ignore[attr-defined]
+    for i in range(400):
+        fleet.add(f"i{i}")
+    run_for(fleet, clock, 30)
+    assert all(fleet[i].state is State.CONNECTED for i in fleet)
+    for i in range(0, 400, 2):
+        t0 = 1767225600.0
+        assert [t - t0 for t in broker.login_times(f"i{i}")] == [0, 5]  # type: ignore[attr-defined]
+    store = fleet.backends.state
+    assert store.commits >= 400 + 400 + 200
+    fleet.close()
+
+
+def test_send_waits_for_the_worker_driving_the_instance() -> None:
+    from mt5lifecycle import Lifecycle
+
+    fleet, _ = fleet_of(1)
+    fleet.add("i0")
+    fleet.run_due()
+    fleet.send("i0", Lifecycle.disable)
+    assert fleet["i0"].state is State.INACTIVE
+    assert fleet.next_due is None
+
+
+def test_workers_must_be_a_positive_count() -> None:
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="workers"):
+        Fleet(memory_backends(clock=clock), workers=0)
+
+
+def test_a_single_worker_fleet_keeps_the_store_as_given() -> None:
+    b = memory_backends()
+    assert Fleet(b, workers=1).backends.state is b.state

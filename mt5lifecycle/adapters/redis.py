@@ -1,0 +1,822 @@
+"""The state store on Redis (SPEC section 5).
+
+The shape of the data is the SPEC's: one plain string key per field, named
+``<prefix>:<id>:<field>``, so an operator with ``redis-cli`` reads an instance
+without the library (no pickles, no JSON). The library adds its own keys next to the
+SPEC's: the fields a restarted process needs to carry on (``restart_count``,
+``next_due``, ``due``, ...), a fencing ``version``, the id of the write that made
+that version (``last_commit``) and the login lock (``login_lock``).
+
+Why Lua scripts rather than MULTI/EXEC: a transition must be checked against the
+version it read *and* against the lock, and must then write every key, in one round
+trip. MULTI/EXEC cannot branch on what it reads (WATCH would cost a round trip more
+and fail spuriously under load); a script can, and Redis runs it atomically. The
+scripts are registered once with ``register_script`` and called by SHA, in the
+manner of redis-py's own ``Lock``.
+
+Why ``last_commit``: redis-py retries a command after a timeout or a dropped
+connection by default. A commit that landed but whose reply was lost would then be
+retried, find the version it just wrote, and refuse itself as a stale writer. The
+script recognises its own retried write by this id and answers as the first try
+would have; any other writer is still refused.
+
+Why reads are a script too: ``MGET`` answers nil for a key of the wrong Redis type,
+which would read a list stored at ``:login_failure_reason`` as "no reason". The read
+script follows its ``MGET`` with one ``EXISTS`` over the keys that came back nil
+(still one round trip) and names the key whose type is wrong, so a foreign value is
+never taken for absence.
+
+Why every value is checked on the way out as well as on the way in: a value that
+does not parse is never guessed at (``CorruptState``), so the store must never be
+the one to write such a value.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+import attrs
+
+from ..errors import (
+    ConcurrentUpdate,
+    CorruptState,
+    InvalidInstanceId,
+    LifecycleError,
+    LockLost,
+    StoreUnavailable,
+)
+from ..ids import check_instance_id
+from ..ports import LockToken, Stored
+from ..snapshot import Snapshot
+from ..states import ConnectionState, Due, Reason, State
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.commands.core import Script
+
+__all__ = ["KEY_SUFFIXES", "PendingCommit", "RedisStateStore", "RedisType"]
+
+_E = TypeVar("_E", bound=Enum)
+
+PendingCommit = tuple[str, Snapshot, int, "LockToken | None"]
+"""One item of ``commit_many``: ``(instance_id, snapshot, expected_version, lock)``.
+
+A plain tuple so that the core can batch commits without importing this adapter."""
+
+BATCH: Final = 1000
+"""Instances per pipeline in ``load_many`` and ``commit_many``: large enough to hide
+the round trip, small enough not to hold Redis (or the reply buffer) for long."""
+
+
+@attrs.frozen(repr=False)
+class RedisType:
+    """What a key of the wrong Redis type holds, as ``CorruptState.value``."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"a Redis {self.name} (not a string)"
+
+
+# --- the schema ---------------------------------------------------------------------
+
+
+class _BadValueError(Exception):
+    """A stored value that does not parse; ``expected`` says what the schema wants."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+_COUNT = re.compile(r"[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+
+
+def _enum_codec(
+    kind: type[_E], attr: str, *, optional: bool
+) -> tuple[Callable[[object], str | None], Callable[[str], object], str]:
+    names = ", ".join(member.value for member in kind)
+    expected = f"a {kind.__name__} name ({names})"
+
+    def encode(value: object) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, kind):
+            raise TypeError(f"Snapshot.{attr} must be a {kind.__name__}, not {value!r}")
+        return cast(str, value.value)
+
+    def decode(text: str) -> object:
+        try:
+            return kind(text)
+        except ValueError:
+            raise _BadValueError(expected) from None
+
+    return encode, decode, expected
+
+
+def _count_codec(attr: str) -> tuple[Callable[[object], str | None], Callable[[str], object], str]:
+    expected = "a non-negative integer"
+
+    def encode(value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"Snapshot.{attr} must be a non-negative int, not {value!r}")
+        return str(value)
+
+    def decode(text: str) -> object:
+        if _COUNT.fullmatch(text) is None:
+            raise _BadValueError(expected)
+        return int(text)
+
+    return encode, decode, expected
+
+
+def _flag_codec(attr: str) -> tuple[Callable[[object], str | None], Callable[[str], object], str]:
+    expected = '"1" or "0"'
+
+    def encode(value: object) -> str | None:
+        if not isinstance(value, bool):
+            raise TypeError(f"Snapshot.{attr} must be a bool, not {value!r}")
+        return "1" if value else "0"
+
+    def decode(text: str) -> object:
+        if text == "1":
+            return True
+        if text == "0":
+            return False
+        raise _BadValueError(expected)
+
+    return encode, decode, expected
+
+
+def _time_codec(attr: str) -> tuple[Callable[[object], str | None], Callable[[str], object], str]:
+    expected = "an ISO 8601 UTC timestamp (e.g. 2026-01-01T00:00:05.250000+00:00)"
+
+    def encode(value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.utcoffset() is None:
+            raise ValueError(f"Snapshot.{attr} must be a timezone-aware datetime, not {value!r}")
+        return value.astimezone(timezone.utc).isoformat()
+
+    def decode(text: str) -> object:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise _BadValueError(expected) from None
+        # A naive time or another offset is not what the schema says: converting the
+        # one would guess a zone, and accepting the other hides a foreign writer.
+        if moment.utcoffset() != timezone.utc.utcoffset(None):
+            raise _BadValueError(expected)
+        return moment.replace(tzinfo=timezone.utc)
+
+    return encode, decode, expected
+
+
+def _due_time_codec(
+    attr: str,
+) -> tuple[Callable[[object], str | None], Callable[[str], object], str]:
+    expected = "a finite number of seconds of the clock"
+
+    def encode(value: object) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"Snapshot.{attr} must be a float, not {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"Snapshot.{attr} must be finite, not {value!r}")
+        return repr(float(value))
+
+    def decode(text: str) -> object:
+        if _FLOAT.fullmatch(text) is None:
+            raise _BadValueError(expected)
+        return float(text)
+
+    return encode, decode, expected
+
+
+@attrs.frozen
+class _Field:
+    suffix: str
+    encode: Callable[[object], str | None]
+    decode: Callable[[str], object]
+    expected: str
+    missing: object
+    """What an absent key reads as; ``_REQUIRED`` when absence is corruption."""
+
+
+_REQUIRED: Final = object()
+
+
+def _field(
+    attr: str,
+    codec: tuple[Callable[[object], str | None], Callable[[str], object], str],
+    missing: object,
+) -> _Field:
+    encode, decode, expected = codec
+    return _Field(attr, encode, decode, expected, missing)
+
+
+# The order is the order of KEYS in the scripts: never reorder without them.
+_FIELDS: Final = (
+    # The SPEC's keys:
+    _field("status", _enum_codec(State, "status", optional=False), _REQUIRED),
+    _field(
+        "connection_state",
+        _enum_codec(ConnectionState, "connection_state", optional=False),
+        _REQUIRED,
+    ),
+    _field("login_attempt_count", _count_codec("login_attempt_count"), _REQUIRED),
+    _field("last_login_attempt", _time_codec("last_login_attempt"), None),
+    _field(
+        "login_failure_reason", _enum_codec(Reason, "login_failure_reason", optional=True), None
+    ),
+    _field("last_failure_reason", _enum_codec(Reason, "last_failure_reason", optional=True), None),
+    # The library's own. Absent ones read as the Snapshot's defaults, so that a state
+    # written with the SPEC's keys alone (by a host's own tool) still loads.
+    _field("restart_count", _count_codec("restart_count"), 0),
+    _field("next_due", _due_time_codec("next_due"), None),
+    _field("due", _enum_codec(Due, "due", optional=True), None),
+    _field("network_retry_count", _count_codec("network_retry_count"), 0),
+    _field("ever_logged_in", _flag_codec("ever_logged_in"), False),
+    _field("failed_since_success", _flag_codec("failed_since_success"), False),
+    _field("terminal_stopped", _flag_codec("terminal_stopped"), False),
+)
+_N: Final = len(_FIELDS)
+_VERSION: Final = "version"
+_LAST_COMMIT: Final = "last_commit"
+_LOCK: Final = "login_lock"
+
+KEY_SUFFIXES: Final = (*(f.suffix for f in _FIELDS), _VERSION, _LAST_COMMIT, _LOCK)
+"""Every key suffix of one instance, the SPEC's first, in the scripts' order."""
+
+_TAILS: Final = tuple(f":{suffix}" for suffix in KEY_SUFFIXES)
+
+_VERSION_EXPECTED: Final = "a non-negative integer (the fencing version)"
+
+
+# --- the scripts --------------------------------------------------------------------
+
+# KEYS: the field keys, then version. Returns {0, value...} or, for a key of the
+# wrong type, {index, type}. MGET answers nil for a key of another type, so the
+# absent ones are asked once more (EXISTS): a list is not "no value".
+_LOAD = """
+local values = redis.call('MGET', unpack(KEYS))
+local absent = {}
+for i = 1, #KEYS do
+  if not values[i] then absent[#absent + 1] = KEYS[i] end
+end
+if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
+  for i = 1, #KEYS do
+    if not values[i] then
+      local t = redis.call('TYPE', KEYS[i])['ok']
+      if t ~= 'none' then return {i, t} end
+    end
+  end
+end
+table.insert(values, 1, 0)
+return values
+"""
+
+# KEYS: the field keys, version, last_commit, login_lock.
+# ARGV: expected version, lock token ('' for none), commit id, one value per field
+# ('' deletes the key: no field is ever stored empty).
+# Returns {0, new version}, {-1} lock lost, {-2, index, type} wrong type,
+# {-3, raw} corrupt version, {-4, raw or nil} version mismatch.
+_COMMIT = """
+local n = #KEYS - 3
+local vkey, ckey, lkey = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+if ARGV[2] ~= '' then
+  local held = redis.pcall('GET', lkey)
+  if type(held) == 'table' then return {-2, n + 3, redis.call('TYPE', lkey)['ok']} end
+  if held ~= ARGV[2] then return {-1} end
+end
+local raw = redis.pcall('GET', vkey)
+if type(raw) == 'table' then return {-2, n + 1, redis.call('TYPE', vkey)['ok']} end
+local found = 0
+if raw then
+  if not string.match(raw, '^%d+$') then return {-3, raw} end
+  found = tonumber(raw)
+end
+local expected = tonumber(ARGV[1])
+if found ~= expected then
+  if found == expected + 1 and redis.pcall('GET', ckey) == ARGV[3] then
+    return {0, found}
+  end
+  return {-4, raw}
+end
+-- One MSET and one DEL rather than a command per key: each command a script runs
+-- costs Redis about as much as a small one sent by a client.
+local kv, gone = {ckey, ARGV[3]}, {}
+for i = 1, n do
+  local v = ARGV[i + 3]
+  if v == '' then
+    gone[#gone + 1] = KEYS[i]
+  else
+    kv[#kv + 1] = KEYS[i]
+    kv[#kv + 1] = v
+  end
+end
+redis.call('MSET', unpack(kv))
+if #gone > 0 then redis.call('DEL', unpack(gone)) end
+return {0, redis.call('INCR', vkey)}
+"""
+
+# KEYS: login_lock. ARGV: token, ttl in ms. Returns 1 taken, 0 held by another,
+# or the key's type when it is not a string. A retry of our own SET (the reply was
+# lost) finds our token and still answers "taken".
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'string' then return t end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+# KEYS: login_lock. ARGV: token. Deletes only our own token (compare-and-delete).
+_RELEASE = """
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then return redis.call('TYPE', KEYS[1])['ok'] end
+if v == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+@functools.cache
+def _transient() -> tuple[type[BaseException], ...]:
+    from redis import exceptions
+
+    # BusyLoadingError, AuthenticationError and MaxConnectionsError are
+    # ConnectionErrors; ReadOnlyError is a replica answering during a failover;
+    # ClusterError covers a cluster that is down or reshaping.
+    return (
+        exceptions.ConnectionError,
+        exceptions.TimeoutError,
+        exceptions.ReadOnlyError,
+        exceptions.TryAgainError,
+        exceptions.ClusterError,
+        TimeoutError,
+    )
+
+
+def _unavailable(exc: BaseException, instance_id: str | None) -> StoreUnavailable:
+    detail = f"{type(exc).__name__}: {exc}"
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    return StoreUnavailable(backend="redis", instance_id=instance_id, detail=detail)
+
+
+@contextmanager
+def _reaching(instance_id: str | None) -> Iterator[None]:
+    try:
+        yield
+    except LifecycleError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, _transient()):
+            raise _unavailable(exc, instance_id) from exc
+        raise
+
+
+def _text(raw: object) -> str | None:
+    """A reply as text, whether or not the client decodes responses."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8")
+    raise TypeError(f"unexpected reply from Redis: {raw!r}")
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+class RedisStateStore:
+    """The ``StateStore`` port on a ``redis.Redis`` (or ``redis.RedisCluster``) client.
+
+    ``prefix`` namespaces the keys (``instance_state`` by default, the SPEC's).
+    ``cluster=True`` wraps the id in a hash tag (``<prefix>:{<id>}:status``) so that one
+    instance's keys share a slot and each script touches one node. The client is the
+    host's: its timeouts and retries apply, and the store never closes it.
+    """
+
+    __slots__ = ("_acquire", "_client", "_cluster", "_commit", "_load", "_prefix", "_release")
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        prefix: str = "instance_state",
+        cluster: bool = False,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"RedisStateStore prefix must be a non-empty string, not {prefix!r}")
+        # A brace in the prefix would become the hash tag and put every instance in
+        # one cluster slot; whitespace makes keys that are easy to mistype in redis-cli.
+        if any(ch in prefix for ch in "{}") or any(ch.isspace() for ch in prefix):
+            raise ValueError(
+                f"RedisStateStore prefix must not contain braces or whitespace: {prefix!r}"
+            )
+        if not isinstance(cluster, bool):
+            raise TypeError(f"RedisStateStore cluster must be a bool, not {cluster!r}")
+        from redis.cluster import RedisCluster
+
+        if isinstance(client, RedisCluster) and not cluster:
+            # Without the hash tag one instance's keys spread over slots, and every
+            # script would fail with CROSSSLOT.
+            raise ValueError("a RedisCluster client needs RedisStateStore(..., cluster=True)")
+        self._client = client
+        self._prefix = prefix
+        self._cluster = cluster
+        self._load: Script = client.register_script(_LOAD)
+        self._commit: Script = client.register_script(_COMMIT)
+        self._acquire: Script = client.register_script(_ACQUIRE)
+        self._release: Script = client.register_script(_RELEASE)
+
+    def __repr__(self) -> str:
+        # Never the client: its connection arguments may carry a password.
+        return f"RedisStateStore(prefix={self._prefix!r}, cluster={self._cluster!r})"
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def cluster(self) -> bool:
+        return self._cluster
+
+    def key(self, instance_id: str, field: str) -> str:
+        """The full Redis key of one field of an instance (for operators and tests)."""
+        check_instance_id(instance_id)
+        if field not in KEY_SUFFIXES:
+            raise ValueError(f"unknown field {field!r}: expected one of {', '.join(KEY_SUFFIXES)}")
+        return f"{self._base(instance_id)}:{field}"
+
+    # -- reading ---------------------------------------------------------------------
+
+    def load(self, instance_id: str) -> Stored | None:
+        """One instance, in one round trip; ``None`` when nothing is stored."""
+        check_instance_id(instance_id)
+        keys = self._keys(instance_id)
+        with _reaching(instance_id):
+            reply = self._load(keys=keys[: _N + 1])
+        return self._decode(instance_id, keys, reply)
+
+    def load_many(self, instance_ids: Iterable[str]) -> dict[str, Stored]:
+        """Many instances, pipelined ``BATCH`` at a time; absent ids are left out.
+
+        Each instance is read atomically; the batch as a whole is not a snapshot of
+        the fleet at one instant (nor does restoring need it to be).
+        """
+        wanted = list(dict.fromkeys(check_instance_id(i) for i in instance_ids))
+        found: dict[str, Stored] = {}
+        for start in range(0, len(wanted), BATCH):
+            chunk = wanted[start : start + BATCH]
+            keys = [self._keys(i) for i in chunk]
+            with _reaching(None):
+                replies = self._pipelined(self._load, [(k[: _N + 1], []) for k in keys])
+            for instance_id, instance_keys, reply in zip(chunk, keys, replies, strict=True):
+                if isinstance(reply, Exception):
+                    if isinstance(reply, _transient()):
+                        raise _unavailable(reply, instance_id) from reply
+                    raise reply
+                stored = self._decode(instance_id, instance_keys, reply)
+                if stored is not None:
+                    found[instance_id] = stored
+        return found
+
+    def ids(self) -> Iterator[str]:
+        """Every instance id with a status key, by ``SCAN`` (it never blocks Redis).
+
+        Keys under the prefix that are not of this store's form (another prefix
+        nested under this one, the other cluster form) are not this store's and are
+        skipped. An id may be seen twice by ``SCAN``; it is yielded once.
+        """
+        pattern = f"{_glob_escape(self._prefix)}:*:status"
+        head, tail = f"{self._prefix}:", ":status"
+        seen: set[str] = set()
+        with _reaching(None):
+            for raw in self._client.scan_iter(match=pattern, count=1000):
+                try:
+                    key = _text(raw)
+                except UnicodeDecodeError:
+                    continue
+                if key is None or not key.startswith(head) or not key.endswith(tail):
+                    continue
+                middle = key[len(head) : -len(tail)]
+                if self._cluster:
+                    if not (middle.startswith("{") and middle.endswith("}")):
+                        continue
+                    middle = middle[1:-1]
+                try:
+                    instance_id = check_instance_id(middle)
+                except InvalidInstanceId:
+                    continue
+                if instance_id not in seen:
+                    seen.add(instance_id)
+                    yield instance_id
+
+    # -- writing ---------------------------------------------------------------------
+
+    def commit(
+        self,
+        instance_id: str,
+        snapshot: Snapshot,
+        *,
+        expected_version: int,
+        lock: LockToken | None = None,
+    ) -> int:
+        """Write a whole snapshot atomically, in one round trip; return the new version.
+
+        A stored version other than ``expected_version`` raises ``ConcurrentUpdate``; a
+        ``lock`` whose token no longer holds the login lock raises ``LockLost``. Either
+        way nothing is written. ``StoreUnavailable`` after the command was sent is
+        ambiguous (the write may have landed); the version keeps that safe: the next
+        write from the old version is refused and the writer reloads.
+        """
+        check_instance_id(instance_id)
+        keys, args = self._commit_call(instance_id, snapshot, expected_version, lock)
+        with _reaching(instance_id):
+            reply = self._commit(keys=keys, args=args)
+        return self._committed(instance_id, keys, expected_version, reply)
+
+    def commit_many(self, items: Iterable[PendingCommit]) -> list[int | Exception]:
+        """Several instances' commits, pipelined ``BATCH`` at a time.
+
+        Each item is ``(instance_id, snapshot, expected_version, lock)`` and is checked
+        and written exactly as ``commit`` would (atomically, against its version and
+        lock). The answer holds, in the items' order, the new version or the exception
+        that ``commit`` would have raised (``ConcurrentUpdate``, ``LockLost``,
+        ``CorruptState``, ``StoreUnavailable``). Bad input (an invalid id, a malformed
+        snapshot) raises before anything is sent. A connection lost mid-pipeline
+        raises ``StoreUnavailable`` for the call: any of its items may have landed,
+        each whole or not at all, so the caller reloads before deciding again.
+        """
+        calls: list[tuple[str, int, list[str], list[str]]] = []
+        for item in items:
+            instance_id, snapshot, expected_version, lock = item
+            check_instance_id(instance_id)
+            keys, args = self._commit_call(instance_id, snapshot, expected_version, lock)
+            calls.append((instance_id, expected_version, keys, args))
+        results: list[int | Exception] = []
+        for start in range(0, len(calls), BATCH):
+            chunk = calls[start : start + BATCH]
+            with _reaching(None):
+                replies = self._pipelined(self._commit, [(c[2], c[3]) for c in chunk])
+            for (instance_id, expected_version, keys, _), reply in zip(chunk, replies, strict=True):
+                if isinstance(reply, Exception):
+                    transient = isinstance(reply, _transient())
+                    results.append(_unavailable(reply, instance_id) if transient else reply)
+                    continue
+                try:
+                    results.append(self._committed(instance_id, keys, expected_version, reply))
+                except LifecycleError as exc:
+                    results.append(exc)
+        return results
+
+    def delete(self, instance_id: str) -> None:
+        """Remove every key of the instance, the lock included, in one ``DEL``."""
+        check_instance_id(instance_id)
+        keys = self._keys(instance_id)
+        with _reaching(instance_id):
+            self._client.delete(*keys)
+
+    # -- the login lock --------------------------------------------------------------
+
+    def acquire_lock(self, instance_id: str, ttl: float) -> LockToken | None:
+        """``SET NX PX`` with a fresh token; ``None`` when another holds the lock."""
+        check_instance_id(instance_id)
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+            raise TypeError(f"lock ttl must be a number of seconds, not {ttl!r}")
+        if not math.isfinite(ttl) or ttl <= 0:
+            raise ValueError(f"lock ttl must be a finite number of seconds > 0, not {ttl!r}")
+        token = uuid.uuid4().hex
+        key = f"{self._base(instance_id)}:{_LOCK}"
+        with _reaching(instance_id):
+            reply = self._acquire(keys=[key], args=[token, max(1, math.ceil(ttl * 1000))])
+        if reply == 1:
+            return LockToken(instance_id, token)
+        if reply == 0:
+            return None
+        raise self._wrong_type(instance_id, key, reply)
+
+    def release_lock(self, lock: LockToken) -> None:
+        """Delete the lock if it still holds this token; otherwise do nothing."""
+        if not isinstance(lock, LockToken):
+            raise TypeError(f"release_lock takes a LockToken, not {lock!r}")
+        check_instance_id(lock.instance_id)
+        key = f"{self._base(lock.instance_id)}:{_LOCK}"
+        with _reaching(lock.instance_id):
+            reply = self._release(keys=[key], args=[lock.token])
+        if reply not in (0, 1):
+            raise self._wrong_type(lock.instance_id, key, reply)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _base(self, instance_id: str) -> str:
+        if self._cluster:
+            return f"{self._prefix}:{{{instance_id}}}"
+        return f"{self._prefix}:{instance_id}"
+
+    def _keys(self, instance_id: str) -> list[str]:
+        base = self._base(instance_id)
+        return [base + tail for tail in _TAILS]
+
+    def _commit_call(
+        self,
+        instance_id: str,
+        snapshot: Snapshot,
+        expected_version: int,
+        lock: LockToken | None,
+    ) -> tuple[list[str], list[str]]:
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"commit takes a Snapshot, not {snapshot!r}")
+        if (
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or expected_version < 0
+        ):
+            raise ValueError(
+                f"expected_version must be a non-negative int, not {expected_version!r}"
+            )
+        token = ""
+        if lock is not None:
+            if not isinstance(lock, LockToken):
+                raise TypeError(f"lock must be a LockToken or None, not {lock!r}")
+            if lock.instance_id != instance_id:
+                raise ValueError(
+                    f"the lock of instance {lock.instance_id!r} cannot guard a write "
+                    f"to instance {instance_id!r}"
+                )
+            if not isinstance(lock.token, str) or not lock.token:
+                raise ValueError("a LockToken's token must be a non-empty string")
+            token = lock.token
+        values = [f.encode(getattr(snapshot, f.suffix)) or "" for f in _FIELDS]
+        args = [str(expected_version), token, os.urandom(16).hex(), *values]
+        return self._keys(instance_id), args
+
+    def _committed(
+        self, instance_id: str, keys: Sequence[str], expected_version: int, reply: Any
+    ) -> int:
+        code = reply[0]
+        if code == 0:
+            return int(reply[1])
+        if code == -1:
+            raise LockLost(instance_id=instance_id)
+        if code == -2:
+            raise self._wrong_type(instance_id, keys[int(reply[1]) - 1], reply[2])
+        if code == -3:
+            raise CorruptState(
+                instance_id=instance_id,
+                key=keys[_N],
+                value=_text(reply[1]),
+                expected=_VERSION_EXPECTED,
+            )
+        if code == -4:
+            found = _text(reply[1]) if len(reply) > 1 else None
+            raise ConcurrentUpdate(
+                instance_id=instance_id,
+                expected_version=expected_version,
+                found_version=None if found is None else int(found),
+            )
+        raise TypeError(f"unexpected reply from the commit script: {reply!r}")
+
+    def _decode(self, instance_id: str, keys: Sequence[str], reply: Any) -> Stored | None:
+        if reply[0] != 0:
+            raise self._wrong_type(instance_id, keys[int(reply[0]) - 1], reply[1])
+        raw = list(reply[1:])
+        # Lua drops trailing nils from a table: absent last keys come back short.
+        raw += [None] * (_N + 1 - len(raw))
+        texts: list[str | None] = []
+        for key, value in zip(keys[: _N + 1], raw, strict=True):
+            try:
+                texts.append(_text(value))
+            except UnicodeDecodeError:
+                raise CorruptState(
+                    instance_id=instance_id, key=key, value=value, expected="UTF-8 text"
+                ) from None
+        if texts[0] is None:
+            if any(t is not None for t in texts[1:]):
+                raise CorruptState(
+                    instance_id=instance_id,
+                    key=keys[0],
+                    value=None,
+                    expected="a State name (other keys of the instance are present)",
+                )
+            return None
+        fields: dict[str, Any] = {}
+        for f, key, text in zip(_FIELDS, keys, texts, strict=False):
+            if text is None:
+                if f.missing is _REQUIRED:
+                    raise CorruptState(
+                        instance_id=instance_id, key=key, value=None, expected=f.expected
+                    )
+                fields[f.suffix] = f.missing
+                continue
+            try:
+                fields[f.suffix] = f.decode(text)
+            except _BadValueError as bad:
+                raise CorruptState(
+                    instance_id=instance_id, key=key, value=text, expected=bad.expected
+                ) from None
+        version_text = texts[_N]
+        version = 0
+        if version_text is not None:
+            if _COUNT.fullmatch(version_text) is None:
+                raise CorruptState(
+                    instance_id=instance_id,
+                    key=keys[_N],
+                    value=version_text,
+                    expected=_VERSION_EXPECTED,
+                )
+            version = int(version_text)
+        return Stored(Snapshot(**fields), version)
+
+    def _wrong_type(self, instance_id: str, key: str, kind: object) -> CorruptState:
+        name = _text(kind) or "value"
+        return CorruptState(
+            instance_id=instance_id,
+            key=key,
+            value=RedisType(name),
+            expected="a string" + (" (the login lock's token)" if key.endswith(_LOCK) else ""),
+        )
+
+    def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[str]]]) -> list[Any]:
+        """EVALSHA per call, pipelined; on a cluster, one pipeline per node."""
+        from redis.cluster import RedisCluster
+
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return self._pipelined_on(client, script, calls)
+        # redis-py refuses EVALSHA in a cluster pipeline. Every key of one call shares
+        # its hash tag, so each call belongs to one node: pipeline per node instead.
+        from redis.exceptions import AskError, MovedError
+
+        locate = cast("Callable[[str], ClusterNode]", client.get_node_from_key)
+        by_node: dict[str, tuple[Redis, list[int]]] = {}
+        for index, (keys, _) in enumerate(calls):
+            node = locate(keys[0])
+            if node.name not in by_node:
+                by_node[node.name] = (client.get_redis_connection(node), [])
+            by_node[node.name][1].append(index)
+        results: list[Any] = [None] * len(calls)
+        for node_client, indexes in by_node.values():
+            replies = self._pipelined_on(node_client, script, [calls[i] for i in indexes])
+            for index, reply in zip(indexes, replies, strict=True):
+                results[index] = reply
+        for index, reply in enumerate(results):
+            if isinstance(reply, (MovedError, AskError)):
+                # A slot moved under us (resharding): the refused call did not run;
+                # the cluster client follows the redirection for this one.
+                keys, args = calls[index]
+                try:
+                    results[index] = script(keys=keys, args=args, client=client)
+                except Exception as exc:
+                    results[index] = exc
+        return results
+
+    def _pipelined_on(
+        self, client: Redis, script: Script, calls: Sequence[tuple[list[str], list[str]]]
+    ) -> list[Any]:
+        """EVALSHA per call in one pipeline, loading the script once if Redis lost it.
+
+        redis-py's own pipeline scripting asks ``SCRIPT EXISTS`` before every
+        execution, a second round trip; a lost script (a restarted or flushed server)
+        is rare, so it is handled when ``NOSCRIPT`` comes back instead. A call that
+        got ``NOSCRIPT`` did not run, so running it again is safe.
+        """
+        from redis.exceptions import NoScriptError
+
+        results = self._pipeline_once(client, script, calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            script.sha = client.script_load(script.script)
+            again = self._pipeline_once(client, script, [calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    @staticmethod
+    def _pipeline_once(
+        client: Redis, script: Script, calls: Sequence[tuple[list[str], list[str]]]
+    ) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))

@@ -18,8 +18,11 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -32,6 +35,7 @@ from .group_commit import BatchingStateStore, GroupCommitStore
 from .ids import check_instance_id
 from .lifecycle import Lifecycle
 from .policy import Policy
+from .ports import Leases
 from .snapshot import Snapshot
 from .states import Due, State
 
@@ -50,7 +54,14 @@ class Fleet:
     """Instances sharing one set of backends, one policy and one timer heap."""
 
     def __init__(
-        self, backends: Backends, policy: Policy | None = None, *, workers: int = 8
+        self,
+        backends: Backends,
+        policy: Policy | None = None,
+        *,
+        workers: int = 8,
+        leases: Leases | None = None,
+        owner: str | None = None,
+        lease_ttl: float = 15.0,
     ) -> None:
         if not isinstance(backends, Backends):
             raise TypeError(f"backends must be a Backends value, not {type(backends).__name__}")
@@ -81,6 +92,20 @@ class Fleet:
         self._driving = 0
         self._tick: asyncio.Event | None = None
         self._deadlines: list[float] = []
+        if (
+            isinstance(lease_ttl, bool)
+            or not isinstance(lease_ttl, (int, float))
+            or not (lease_ttl > 0)
+        ):
+            raise ValueError(f"lease_ttl must be a number of seconds > 0, not {lease_ttl!r}")
+        self.leases = leases
+        self.owner = (
+            owner
+            if owner is not None
+            else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        self.lease_ttl = float(lease_ttl)
+        self._renew_at: float | None = None
 
     # --- membership ------------------------------------------------------------
 
@@ -94,14 +119,89 @@ class Fleet:
                 state=self._members[instance_id]._state_name(),
                 detail="the instance is already in this fleet",
             )
-        lifecycle = Lifecycle(instance_id, self.backends, self.policy)
-        lifecycle._on_change = self._reschedule
-        lifecycle.start()
-        self._members[instance_id] = lifecycle
-        self._reschedule(lifecycle)
+        leases = self.leases
+        if leases is not None and not leases.acquire([instance_id], self.owner, self.lease_ttl):
+            raise InvalidTransition(
+                instance_id=instance_id,
+                event="add",
+                state=None,
+                detail="another worker holds its lease and drives it",
+            )
+        try:
+            lifecycle = self._join(instance_id)
+        except BaseException:
+            if leases is not None:
+                leases.release([instance_id], self.owner)
+            raise
         if self._kick is not None:
             self._kick.set()
         return lifecycle
+
+    def adopt(self, candidates: Iterable[str], *, limit: int | None = None) -> list[str]:
+        """Take over the candidates no other worker holds, up to ``limit`` members.
+
+        For several ``Fleet`` processes over one state store: each calls ``adopt``
+        with every id now and then (``run()`` renews the leases it holds), so the
+        instances of a worker that died are picked up once its leases expire. Each
+        adopted instance is fenced: a late write from its previous driver is refused.
+        Returns the ids adopted by this call.
+        """
+        leases = self.leases
+        if leases is None:
+            raise TypeError("adopt() needs a Fleet built with leases=")
+        room = None if limit is None else max(limit - len(self._members), 0)
+        free = [i for i in dict.fromkeys(candidates) if i not in self._members]
+        adopted: list[str] = []
+        while free and (room is None or len(adopted) < room):
+            want = free[: 500 if room is None else min(500, room - len(adopted))]
+            del free[: len(want)]
+            for instance_id in leases.acquire(want, self.owner, self.lease_ttl):
+                try:
+                    self._join(instance_id)
+                except (InvalidTransition, StoreUnavailable) as exc:
+                    log.warning("instance %s not adopted: %s", instance_id, exc)
+                    leases.release([instance_id], self.owner)
+                    continue
+                adopted.append(instance_id)
+        if adopted and self._kick is not None:
+            self._kick.set()
+        return adopted
+
+    def _join(self, instance_id: str) -> Lifecycle:
+        lifecycle = Lifecycle(instance_id, self.backends, self.policy)
+        lifecycle._on_change = self._reschedule
+        lifecycle.start()
+        if self.leases is not None:
+            lifecycle._fence()
+        self._members[instance_id] = lifecycle
+        self._reschedule(lifecycle)
+        return lifecycle
+
+    def _maintain_leases(self, now: float) -> None:
+        """Renew the leases held; let go of the instances whose lease was lost."""
+        leases = self.leases
+        if leases is None:
+            return
+        if self._renew_at is not None and now < self._renew_at:
+            return
+        self._renew_at = now + self.lease_ttl / 3
+        members = list(self._members)
+        try:
+            held = set(leases.acquire(members, self.owner, self.lease_ttl))
+        except StoreUnavailable as exc:
+            log.warning("could not renew the leases: %s", exc)
+            return
+        for instance_id in members:
+            if instance_id not in held:
+                log.warning("instance %s: lease lost; another worker drives it now", instance_id)
+                self._drop(instance_id)
+
+    def _drop(self, instance_id: str) -> None:
+        with self._lock:
+            lifecycle = self._members.pop(instance_id, None)
+            self._scheduled.pop(instance_id, None)
+        if lifecycle is not None:
+            lifecycle._on_change = None
 
     def __getitem__(self, instance_id: str) -> Lifecycle:
         try:
@@ -140,6 +240,7 @@ class Fleet:
         stop the others.
         """
         now = self.backends.clock.now()
+        self._maintain_leases(now)
         due: list[Lifecycle] = []
         with self._lock:
             heap = self._heap
@@ -154,8 +255,11 @@ class Fleet:
                     held.append(entry)  # driven elsewhere right now: keep its turn
                     continue
                 del scheduled[instance_id]
+                member = self._members.get(instance_id)
+                if member is None:
+                    continue
                 self._busy.add(instance_id)
-                due.append(self._members[instance_id])
+                due.append(member)
             for entry in held:
                 heapq.heappush(heap, entry)
         if len(due) <= 1 or self.workers == 1:
@@ -186,10 +290,22 @@ class Fleet:
             self._release(lifecycle)
 
     def close(self) -> None:
-        """Stop the worker pool (idempotent)."""
+        """Stop the worker pool and hand the leases back (idempotent).
+
+        A graceful shutdown: the other workers adopt this one's instances at once
+        instead of waiting for the leases to expire.
+        """
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self.leases is not None and self._members:
+            members = list(self._members)
+            for instance_id in members:
+                self._drop(instance_id)
+            try:
+                self.leases.release(members, self.owner)
+            except StoreUnavailable as exc:
+                log.warning("could not hand the leases back (they will expire): %s", exc)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -212,6 +328,10 @@ class Fleet:
             self._busy.discard(lifecycle.instance_id)
             self._reschedule(lifecycle)
             self._lock.notify_all()
+        if lifecycle._gone and self.leases is not None:
+            # A confirmed closure: nothing left to drive.
+            self._drop(lifecycle.instance_id)
+            self.leases.release([lifecycle.instance_id], self.owner)
 
     def stop(self) -> None:
         """Ask ``run()`` / ``arun()`` to return after the current pass."""
@@ -226,6 +346,8 @@ class Fleet:
         while not self._stop.is_set():
             due = self.run_due()
             wake = _earliest(due, until)
+            if self.leases is not None:
+                wake = _earliest(wake, self._renew_at)
             if wake is None or (until is not None and clock.now() >= until):
                 return
             delay = wake - clock.now()
@@ -247,6 +369,8 @@ class Fleet:
                 due = await asyncio.to_thread(self.run_due)
                 self._tick.set()
                 wake = _earliest(_earliest(due, until), min(self._deadlines, default=None))
+                if self.leases is not None:
+                    wake = _earliest(wake, self._renew_at)
                 if until is not None and clock.now() >= until:
                     return
                 await self._sleep_until(wake)

@@ -546,6 +546,16 @@ class Lifecycle:
 
     # --- helpers ---------------------------------------------------------------
 
+    def _fence(self) -> None:
+        """Take the instance over from a previous driver.
+
+        Storing the same snapshot again bumps the version, so a write the previous
+        driver still had in flight (a worker that lost its lease while paused) is
+        refused as stale instead of landing after the takeover.
+        """
+        if self._snap is not None and not self._gone:
+            self._settle()
+
     def _settle(self, **changes: Any) -> None:
         """Store bookkeeping that is not a transition (a finished due action)."""
         snap = self._snap

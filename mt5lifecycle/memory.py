@@ -25,7 +25,13 @@ from .records import (
 )
 from .snapshot import Snapshot
 
-__all__ = ["MemoryArchive", "MemoryCredentialStore", "MemoryStateStore", "NullArchive"]
+__all__ = [
+    "MemoryArchive",
+    "MemoryCredentialStore",
+    "MemoryLeases",
+    "MemoryStateStore",
+    "NullArchive",
+]
 
 
 class MemoryStateStore:
@@ -121,6 +127,40 @@ class MemoryStateStore:
 
     def __repr__(self) -> str:
         return f"MemoryStateStore({len(self._rows)} instances)"
+
+
+class MemoryLeases:
+    """Leases in a dict, expiring on the given clock: several fleets in one process."""
+
+    __slots__ = ("_clock", "_guard", "_held")
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._held: dict[str, tuple[str, float]] = {}
+        self._guard = threading.Lock()
+
+    def acquire(self, instance_ids: Sequence[str], owner: str, ttl: float) -> list[str]:
+        now = self._clock.now()
+        out = []
+        with self._guard:
+            for instance_id in instance_ids:
+                held = self._held.get(check_instance_id(instance_id))
+                if held is None or held[1] <= now or held[0] == owner:
+                    self._held[instance_id] = (owner, now + ttl)
+                    out.append(instance_id)
+        return out
+
+    def release(self, instance_ids: Sequence[str], owner: str) -> None:
+        with self._guard:
+            for instance_id in instance_ids:
+                held = self._held.get(instance_id)
+                if held is not None and held[0] == owner:
+                    del self._held[instance_id]
+
+    def owner(self, instance_id: str) -> str | None:
+        """Who holds the lease now, if anyone (for tests and status pages)."""
+        held = self._held.get(instance_id)
+        return held[0] if held is not None and held[1] > self._clock.now() else None
 
 
 class MemoryCredentialStore:

@@ -33,6 +33,7 @@ __all__ = [
     "Broker",
     "Clock",
     "CredentialStore",
+    "Leases",
     "LockToken",
     "Metrics",
     "Notifier",
@@ -230,3 +231,22 @@ class Broker(Protocol):
         ...
 
     def cancel_order(self, instance_id: str, order: Order) -> TradeResult: ...
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """Which worker drives which instance, when several ``Fleet`` processes share one
+    state store.
+
+    A lease is held by an owner for ``ttl`` seconds and renewed by acquiring it again;
+    a worker that dies loses its leases when they expire, and the others take its
+    instances over.
+    """
+
+    def acquire(self, instance_ids: Sequence[str], owner: str, ttl: float) -> list[str]:
+        """Take or renew the leases; return the ids ``owner`` now holds."""
+        ...
+
+    def release(self, instance_ids: Sequence[str], owner: str) -> None:
+        """Give back the leases ``owner`` holds (others' are left alone)."""
+        ...

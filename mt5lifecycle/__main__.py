@@ -1,0 +1,7 @@
+"""``python -m mt5lifecycle``: the same command line as the ``mt5lifecycle`` script."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

@@ -144,10 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     clock = backends.clock
     deadline = float("inf") if args.seconds is None else clock.now() + args.seconds
     try:
-        # run() returns when nothing is due at all (every instance parked); a worker
-        # keeps going, so it runs in bounded passes until told to stop.
-        while not stopping.is_set() and clock.now() < deadline:
-            fleet.run(until=min(clock.now() + 60, deadline))
+        # run() drives the fleet until stop() (the signal handler) or the deadline.
+        fleet.run(until=None if args.seconds is None else deadline)
     finally:
         for instance_id in fleet:
             print(f"{instance_id}: {fleet[instance_id].state}")

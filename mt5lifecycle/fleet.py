@@ -106,6 +106,7 @@ class Fleet:
         )
         self.lease_ttl = float(lease_ttl)
         self._renew_at: float | None = None
+        self._resync_at: float | None = None
 
     # --- membership ------------------------------------------------------------
 
@@ -196,6 +197,38 @@ class Fleet:
                 log.warning("instance %s: lease lost; another worker drives it now", instance_id)
                 self._drop(instance_id)
 
+    def _resync(self, now: float) -> None:
+        """Every ``connection_check_interval``, read back what other processes stored.
+
+        An operator's ``reset`` or ``disable`` from the command line changes the state
+        store, not this process: an exhausted instance has nothing due and would never
+        be looked at again, and a disabled one would keep its terminal running. One
+        batched read per interval (``load_many``) brings every idle member up to date.
+        """
+        if self._resync_at is not None and now < self._resync_at:
+            return
+        self._resync_at = now + self.policy.connection_check_interval
+        with self._lock:
+            idle = [i for i in self._members if i not in self._busy]
+        if not idle:
+            return
+        try:
+            stored = self.backends.state.load_many(idle)
+        except StoreUnavailable as exc:
+            log.warning("could not read the stored states back: %s", exc)
+            return
+        for instance_id in idle:
+            lifecycle = self._members.get(instance_id)
+            if lifecycle is None:
+                continue
+            try:
+                lifecycle._refresh(stored.get(instance_id))
+            except Exception:
+                log.exception("instance %s: could not take in its stored state", instance_id)
+            if lifecycle._gone and self.leases is not None:
+                self._drop(instance_id)
+                self.leases.release([instance_id], self.owner)
+
     def _drop(self, instance_id: str) -> None:
         with self._lock:
             lifecycle = self._members.pop(instance_id, None)
@@ -241,6 +274,7 @@ class Fleet:
         """
         now = self.backends.clock.now()
         self._maintain_leases(now)
+        self._resync(now)
         due: list[Lifecycle] = []
         with self._lock:
             heap = self._heap
@@ -340,25 +374,36 @@ class Fleet:
             self._kick.set()
 
     def run(self, until: float | None = None) -> None:
-        """Run until ``stop()``, until the clock passes ``until``, or until nothing is due."""
-        self._stop.clear()
+        """Drive the fleet until ``stop()`` or until the clock passes ``until``.
+
+        Between due times it sleeps on the clock (a fake clock jumps). It wakes for
+        the members' due times, the lease renewals and the periodic read-back of the
+        stored states, so it never returns on its own without ``until``.
+        """
         clock = self.backends.clock
-        while not self._stop.is_set():
-            due = self.run_due()
-            wake = _earliest(due, until)
-            if self.leases is not None:
-                wake = _earliest(wake, self._renew_at)
-            if wake is None or (until is not None and clock.now() >= until):
-                return
-            delay = wake - clock.now()
-            if isinstance(clock, SystemClock):
-                self._stop.wait(max(delay, 0.0))
-            else:
-                clock.sleep(delay)
+        try:
+            while not self._stop.is_set():
+                wake = _earliest(self._wake(self.run_due()), until)
+                if until is not None and clock.now() >= until:
+                    return
+                if wake is None:
+                    wake = clock.now() + self.policy.connection_check_interval
+                delay = wake - clock.now()
+                if isinstance(clock, SystemClock):
+                    self._stop.wait(max(delay, 0.0))
+                else:
+                    clock.sleep(delay)
+        finally:
+            self._stop.clear()
+
+    def _wake(self, due: float | None) -> float | None:
+        wake = _earliest(due, self._resync_at)
+        if self.leases is not None:
+            wake = _earliest(wake, self._renew_at)
+        return wake
 
     async def arun(self, until: float | None = None) -> None:
         """``run()`` for asyncio: due work runs in a thread, so the loop stays free."""
-        self._stop.clear()
         clock = self.backends.clock
         self._kick = asyncio.Event()
         self._tick = asyncio.Event()
@@ -368,16 +413,14 @@ class Fleet:
                 self._kick.clear()
                 due = await asyncio.to_thread(self.run_due)
                 self._tick.set()
-                wake = _earliest(_earliest(due, until), min(self._deadlines, default=None))
-                if self.leases is not None:
-                    wake = _earliest(wake, self._renew_at)
+                wake = _earliest(self._wake(due), until)
+                wake = _earliest(wake, min(self._deadlines, default=None))
                 if until is not None and clock.now() >= until:
                     return
                 await self._sleep_until(wake)
-                if wake is None and not self._kick.is_set():
-                    return
         finally:
             self._driving -= 1
+            self._stop.clear()
 
     async def _sleep_until(self, wake: float | None) -> None:
         kick = self._kick

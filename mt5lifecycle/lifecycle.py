@@ -33,7 +33,7 @@ from .errors import (
 from .ids import check_instance_id
 from .machine import CLOSURE_CONFIRMED, Command, Decision, Facts, decide, machine_state
 from .policy import Policy
-from .ports import LockToken
+from .ports import LockToken, Stored
 from .records import (
     LOGIN_REASONS,
     ArchiveRecord,
@@ -545,6 +545,43 @@ class Lifecycle:
             self._apply("terminal_failed", self._facts())
 
     # --- helpers ---------------------------------------------------------------
+
+    def _refresh(self, stored: Stored | None) -> None:
+        """Take in what another process stored: an operator's reset or disable.
+
+        The operator's process has no terminal, so the terminal follows the stored
+        state here: stopped when the stored state says so, started again when a reset
+        cleared the stop. Nothing is written.
+        """
+        if stored is None:
+            if self._snap is not None and not self._gone:
+                self._gone = True  # its closure was confirmed elsewhere
+                self._check_at = None
+                if self._on_change is not None:
+                    self._on_change(self)
+            return
+        if stored.version == self._version:
+            return
+        old = self._snap
+        new = stored.snapshot
+        self._snap = new
+        self._version = stored.version
+        if new.status is not State.CONNECTED or not self._started:
+            self._check_at = None
+        elif old is None or old.status is not State.CONNECTED or self._check_at is None:
+            self._check_at = self.backends.clock.now()
+        if old is not None and old.terminal_stopped != new.terminal_stopped:
+            log.info(
+                "instance %s: %s changed elsewhere (%s -> %s)",
+                self.instance_id,
+                "state",
+                old.status.value,
+                new.status.value,
+            )
+            stop = Command.STOP_TERMINAL if new.terminal_stopped else Command.RESTART_TERMINAL
+            self._command(stop, None)
+        if self._on_change is not None:
+            self._on_change(self)
 
     def _fence(self) -> None:
         """Take the instance over from a previous driver.

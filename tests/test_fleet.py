@@ -188,3 +188,44 @@ def test_workers_must_be_a_positive_count() -> None:
 def test_a_single_worker_fleet_keeps_the_store_as_given() -> None:
     b = memory_backends()
     assert Fleet(b, workers=1).backends.state is b.state
+
+
+def test_an_operators_reset_from_another_process_is_taken_in_and_acted_on() -> None:
+    from mt5lifecycle import Lifecycle
+    from mt5lifecycle.testing import FakeBroker
+
+    fleet, clock = fleet_of(2)
+    broker = fleet.backends.broker
+    assert isinstance(broker, FakeBroker)
+    broker.fail_logins("i0", Reason.AUTH_FAILED, times=5)
+    fleet.add("i0")
+    fleet.add("i1")
+    run_for(fleet, clock, 200)
+    before = (fleet["i0"].state, broker.is_up("i0"))
+    assert before == (State.FAILED, False)
+    # the CLI, in its own process, with its own view of the same stores
+    operator = Fleet(fleet.backends, workers=1)
+    Lifecycle("i0", operator.backends).reset()
+    Lifecycle("i1", operator.backends).disable()
+    run_for(fleet, clock, 61)
+    # i0 started again and logged in; the worker stopped i1's terminal
+    assert (fleet["i0"].state, broker.is_up("i0")) == (State.CONNECTED, True)
+    assert (fleet["i1"].state, broker.is_up("i1")) == (State.INACTIVE, False)
+
+
+def test_run_without_until_drives_until_stop() -> None:
+    import threading
+
+    fleet, clock = fleet_of(1)
+    fleet.add("i0")
+
+    def stop_soon() -> None:
+        while clock.now() < 1767225600.0 + 3600:
+            pass
+        fleet.stop()
+
+    stopper = threading.Thread(target=stop_soon)
+    stopper.start()
+    fleet.run()  # a fake clock: the hour passes in jumps
+    stopper.join()
+    assert fleet["i0"].state is State.CONNECTED

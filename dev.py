@@ -55,9 +55,11 @@ def main(args: list[str]) -> int:
     if command == "test":
         return run(py, "-m", "pytest", *rest)
     if command == "check":
-        return run(py, "-m", "ruff", "check", ".") or run(
-            py, "-m", "ruff", "format", "--check", "."
-        ) or run(py, "-m", "mypy", "--strict")
+        return (
+            run(py, "-m", "ruff", "check", ".")
+            or run(py, "-m", "ruff", "format", "--check", ".")
+            or run(py, "-m", "mypy", "--strict")
+        )
     if command == "bench":
         status = 0
         for script in sorted((ROOT / "benchmarks").glob("*.py")):

@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -32,7 +32,7 @@ from mt5lifecycle.records import ArchiveRecord, TransitionRecord
 from mt5lifecycle.states import Reason, State
 from mt5lifecycle.testing import memory_backends
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def records(n: int, instance_id: str = "bench-1") -> list[ArchiveRecord]:

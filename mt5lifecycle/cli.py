@@ -24,7 +24,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -268,7 +268,7 @@ class PrintingNotifier:
 
 
 def _iso(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(timezone.utc).isoformat()
+    return "-" if value is None else value.astimezone(UTC).isoformat()
 
 
 def _due_text(snapshot: Snapshot) -> str:

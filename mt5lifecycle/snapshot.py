@@ -9,7 +9,7 @@ restarts must be able to carry on without guessing.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 
@@ -20,7 +20,7 @@ __all__ = ["Snapshot", "replace", "utc"]
 
 def utc(timestamp: float) -> datetime:
     """A clock reading as the timezone-aware UTC ``datetime`` the schema stores."""
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 @attrs.frozen(kw_only=True)

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -151,7 +151,7 @@ def _name(value: State | Reason | ConnectionState | Outcome | None) -> str | Non
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _opt_utc(value: datetime | None) -> datetime | None:

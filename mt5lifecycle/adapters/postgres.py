@@ -40,11 +40,11 @@ from ..ids import check_instance_id
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import LiteralString
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from psycopg import Connection, sql
     from psycopg_pool import ConnectionPool
-    from typing_extensions import LiteralString
 
 __all__ = ["PostgresCredentialStore", "SchemaVersionError"]
 

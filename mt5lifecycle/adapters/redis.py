@@ -40,7 +40,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -167,7 +167,7 @@ def _time_codec(attr: str) -> tuple[Callable[[object], str | None], Callable[[st
             return None
         if not isinstance(value, datetime) or value.utcoffset() is None:
             raise ValueError(f"Snapshot.{attr} must be a timezone-aware datetime, not {value!r}")
-        return value.astimezone(timezone.utc).isoformat()
+        return value.astimezone(UTC).isoformat()
 
     def decode(text: str) -> object:
         try:
@@ -176,9 +176,9 @@ def _time_codec(attr: str) -> tuple[Callable[[object], str | None], Callable[[st
             raise _BadValueError(expected) from None
         # A naive time or another offset is not what the schema says: converting the
         # one would guess a zone, and accepting the other hides a foreign writer.
-        if moment.utcoffset() != timezone.utc.utcoffset(None):
+        if moment.utcoffset() != UTC.utcoffset(None):
             raise _BadValueError(expected)
-        return moment.replace(tzinfo=timezone.utc)
+        return moment.replace(tzinfo=UTC)
 
     return encode, decode, expected
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -936,7 +936,7 @@ class FakeMetaTrader5:
         if self._data_path is None:
             return
         now = self._now()
-        stamp = datetime.fromtimestamp(now, tz=timezone.utc)
+        stamp = datetime.fromtimestamp(now, tz=UTC)
         logs = self._data_path / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         path = logs / f"{stamp:%Y%m%d}.log"

@@ -6,7 +6,7 @@ import logging
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -29,7 +29,7 @@ from mt5lifecycle.snapshot import Snapshot
 from mt5lifecycle.states import ConnectionState, Reason, State
 from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Clock:

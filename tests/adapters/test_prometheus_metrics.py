@@ -6,7 +6,7 @@ import asyncio
 import threading
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
@@ -52,7 +52,7 @@ def note(kind: AlertKind, instance_id: str = "acc-1") -> Notification:
         instance_id=instance_id,
         reason=None,
         message="m",
-        at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        at=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 

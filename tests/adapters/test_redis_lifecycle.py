@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 import pytest
@@ -52,7 +52,7 @@ class World:
         return value
 
     def iso(self, at: float) -> str:
-        return datetime.fromtimestamp(at, tz=timezone.utc).isoformat()
+        return datetime.fromtimestamp(at, tz=UTC).isoformat()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -114,9 +114,7 @@ def spec_values(snapshot: Snapshot) -> dict[str, str]:
         "terminal_stopped": "1" if snapshot.terminal_stopped else "0",
     }
     if snapshot.last_login_attempt is not None:
-        values["last_login_attempt"] = snapshot.last_login_attempt.astimezone(
-            timezone.utc
-        ).isoformat()
+        values["last_login_attempt"] = snapshot.last_login_attempt.astimezone(UTC).isoformat()
     if snapshot.login_failure_reason is not None:
         values["login_failure_reason"] = snapshot.login_failure_reason.value
     if snapshot.last_failure_reason is not None:
@@ -148,7 +146,7 @@ snapshots = st.builds(
     | st.datetimes(
         min_value=datetime(1970, 1, 2),
         max_value=datetime(2200, 1, 1),
-        timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=-5, minutes=-30))]),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))]),
     ),
     login_failure_reason=st.none() | st.sampled_from(Reason),
     last_failure_reason=st.none() | st.sampled_from(Reason),
@@ -259,7 +257,7 @@ def test_every_snapshot_round_trips_with_the_spec_s_values(
         assert loaded == Stored(second, 2)
         assert loaded is not None
         when = loaded.snapshot.last_login_attempt
-        assert when is None or when.tzinfo is timezone.utc
+        assert when is None or when.tzinfo is UTC
     finally:
         store.delete(instance_id)
 

@@ -35,7 +35,7 @@ from .group_commit import BatchingStateStore, GroupCommitStore
 from .ids import check_instance_id
 from .lifecycle import Lifecycle
 from .policy import Policy
-from .ports import Leases
+from .ports import Leases, Stored
 from .snapshot import Snapshot
 from .states import Due, State
 
@@ -44,6 +44,9 @@ __all__ = ["Fleet"]
 log = logging.getLogger("mt5lifecycle.fleet")
 
 T = TypeVar("T")
+
+_UNREAD: Any = object()
+"""``_join`` without a stored state read beforehand: the lifecycle reads its own."""
 
 _CHUNKS_PER_WORKER = 4
 """Due instances are split into this many chunks per worker: few enough to keep the
@@ -138,6 +141,39 @@ class Fleet:
             self._kick.set()
         return lifecycle
 
+    def add_many(self, instance_ids: Iterable[str]) -> list[Lifecycle]:
+        """``add`` for many instances, their stored states read in batches.
+
+        Restoring a fleet after a restart: one ``load_many`` per thousand instances
+        instead of a round trip each. An id that cannot start (a confirmed closure, an
+        invalid id) raises before any instance is added.
+        """
+        ids = [check_instance_id(i) for i in dict.fromkeys(instance_ids)]
+        present = [i for i in ids if i in self._members]
+        if present:
+            raise InvalidTransition(
+                instance_id=present[0],
+                event="add",
+                state=self._members[present[0]]._state_name(),
+                detail="the instance is already in this fleet",
+            )
+        if self.leases is not None:
+            held = set(self.leases.acquire(ids, self.owner, self.lease_ttl))
+            taken = [i for i in ids if i not in held]
+            if taken:
+                self.leases.release(list(held), self.owner)
+                raise InvalidTransition(
+                    instance_id=taken[0],
+                    event="add",
+                    state=None,
+                    detail="another worker holds its lease and drives it",
+                )
+        stored = self.backends.state.load_many(ids)
+        added = [self._join(i, stored.get(i)) for i in ids]
+        if self._kick is not None:
+            self._kick.set()
+        return added
+
     def adopt(self, candidates: Iterable[str], *, limit: int | None = None) -> list[str]:
         """Take over the candidates no other worker holds, up to ``limit`` members.
 
@@ -156,9 +192,16 @@ class Fleet:
         while free and (room is None or len(adopted) < room):
             want = free[: 500 if room is None else min(500, room - len(adopted))]
             del free[: len(want)]
-            for instance_id in leases.acquire(want, self.owner, self.lease_ttl):
+            held = leases.acquire(want, self.owner, self.lease_ttl)
+            try:
+                stored = self.backends.state.load_many(held)
+            except StoreUnavailable as exc:
+                log.warning("could not read the instances to adopt: %s", exc)
+                leases.release(held, self.owner)
+                break
+            for instance_id in held:
                 try:
-                    self._join(instance_id)
+                    self._join(instance_id, stored.get(instance_id))
                 except (InvalidTransition, StoreUnavailable) as exc:
                     log.warning("instance %s not adopted: %s", instance_id, exc)
                     leases.release([instance_id], self.owner)
@@ -168,10 +211,13 @@ class Fleet:
             self._kick.set()
         return adopted
 
-    def _join(self, instance_id: str) -> Lifecycle:
+    def _join(self, instance_id: str, stored: Stored | None = _UNREAD) -> Lifecycle:
         lifecycle = Lifecycle(instance_id, self.backends, self.policy)
         lifecycle._on_change = self._reschedule
-        lifecycle.start()
+        if stored is _UNREAD:
+            lifecycle.start()
+        else:
+            lifecycle._start(stored)
         if self.leases is not None:
             lifecycle._fence()
         self._members[instance_id] = lifecycle

@@ -144,8 +144,15 @@ class Lifecycle:
                 state=self._state_name(),
                 detail="this Lifecycle is already started",
             )
+        self._start(self.backends.state.load(self.instance_id))
+
+    def _start(self, stored: Stored | None) -> None:
+        """``start`` on a stored state already read (a fleet restores in batches)."""
         backends = self.backends
-        if self._confirmed_in_archive():
+        # Only an id with nothing stored, or one whose cleanup was cut short, can be a
+        # confirmed closure: asking the archive for every resumed instance would cost
+        # a query each at start-up for nothing.
+        if (stored is None or stored.snapshot.due is Due.CLEANUP) and self._confirmed_in_archive():
             raise InvalidTransition(
                 instance_id=self.instance_id,
                 event="start",
@@ -153,7 +160,7 @@ class Lifecycle:
                 detail="its account closure was confirmed; a closed account never comes "
                 "back: start a new instance with new credentials",
             )
-        self._reload()
+        self._take(stored)
         if self._snap is None:
             self._apply("start", Facts(has_credentials=self._credentials_stored()))
         else:
@@ -653,7 +660,9 @@ class Lifecycle:
             self._reload()
 
     def _reload(self) -> None:
-        stored = self.backends.state.load(self.instance_id)
+        self._take(self.backends.state.load(self.instance_id))
+
+    def _take(self, stored: Stored | None) -> None:
         self._loaded = True
         if stored is None:
             if self._snap is not None and not self._gone:

@@ -229,3 +229,29 @@ def test_run_without_until_drives_until_stop() -> None:
     fleet.run()  # a fake clock: the hour passes in jumps
     stopper.join()
     assert fleet["i0"].state is State.CONNECTED
+
+
+def test_add_many_restores_a_fleet_with_batched_reads() -> None:
+    fleet, _clock = fleet_of(100)
+    ids = [f"i{n}" for n in range(100)]
+    fleet.add_many(ids[:50])
+    fleet.run_due()
+    fleet.close()
+    restarted = Fleet(fleet.backends)  # same stores: a process restart
+    reads: list[int] = []
+    inner = restarted.backends.state
+    original = inner.load_many
+
+    def counting(instance_ids: object) -> object:
+        listed = list(instance_ids)  # type: ignore[call-overload]
+        reads.append(len(listed))
+        return original(listed)
+
+    inner.load_many = counting  # type: ignore[method-assign,assignment]
+    restarted.add_many(ids)
+    assert reads == [100]
+    assert all(restarted[i].state is State.CONNECTED for i in ids[:50])
+    assert all(restarted[i].state is State.CONNECTING for i in ids[50:])
+    with pytest.raises(InvalidTransition, match="already in this fleet"):
+        restarted.add_many(["i0"])
+    restarted.close()

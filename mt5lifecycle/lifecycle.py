@@ -23,6 +23,7 @@ from typing import Any
 
 from .backends import Backends
 from .closing import close_all
+from .credentials import Credentials
 from .errors import (
     ConcurrentUpdate,
     CredentialsUndecryptable,
@@ -43,7 +44,7 @@ from .records import (
     Notification,
     TransitionRecord,
 )
-from .snapshot import Snapshot, utc
+from .snapshot import Snapshot, replace, utc
 from .states import AlertKind, Due, Reason, State, TerminalStatus
 
 __all__ = ["Lifecycle"]
@@ -519,9 +520,7 @@ class Lifecycle:
         snap = self._snap
         assert snap is not None
         backends.credentials.delete(self.instance_id)
-        final = Snapshot(
-            **{**_fields(snap), "status": State.ACCOUNT_CLOSED, "due": None, "next_due": None}
-        )
+        final = replace(snap, {"status": State.ACCOUNT_CLOSED, "due": None, "next_due": None})
         self._write([ClosureRecord(instance_id=self.instance_id, at=utc(now), final=final)])
         self._guarded("archive", backends.archive.flush)
         self._alert(
@@ -536,7 +535,7 @@ class Lifecycle:
             "metrics", backends.metrics.transition, self.instance_id, State.INACTIVE, None, None
         )
         log.info("instance %s: closure confirmed, credentials and state deleted", self.instance_id)
-        self._snap = Snapshot(**{**_fields(snap), "due": None, "next_due": None})
+        self._snap = replace(snap, {"due": None, "next_due": None})
         self._gone = True
         self._check_at = None
         if self._on_change is not None:
@@ -579,9 +578,8 @@ class Lifecycle:
             self._check_at = self.backends.clock.now()
         if old is not None and old.terminal_stopped != new.terminal_stopped:
             log.info(
-                "instance %s: %s changed elsewhere (%s -> %s)",
+                "instance %s: changed elsewhere (%s -> %s); the terminal follows",
                 self.instance_id,
-                "state",
                 old.status.value,
                 new.status.value,
             )
@@ -604,7 +602,7 @@ class Lifecycle:
         """Store bookkeeping that is not a transition (a finished due action)."""
         snap = self._snap
         assert snap is not None
-        new = Snapshot(**{**_fields(snap), **changes})
+        new = replace(snap, changes)
         self._version = self.backends.state.commit(
             self.instance_id, new, expected_version=self._version
         )
@@ -624,7 +622,7 @@ class Lifecycle:
             return TerminalStatus.DOWN
         return status if isinstance(status, TerminalStatus) else TerminalStatus.DOWN
 
-    def _credentials(self) -> Any:
+    def _credentials(self) -> Credentials | None:
         try:
             return self.backends.credentials.get(self.instance_id)
         except CredentialsUndecryptable:
@@ -693,13 +691,6 @@ _ACTIONS: dict[Due, Callable[[Lifecycle, float], None]] = {
     Due.CLOSE_TRADES: Lifecycle._close_trades,
     Due.CLEANUP: Lifecycle._cleanup,
 }
-
-
-def _fields(snap: Snapshot) -> dict[str, Any]:
-    return {name: getattr(snap, name) for name in _SNAPSHOT_FIELDS}
-
-
-_SNAPSHOT_FIELDS = tuple(field.name for field in Snapshot.__attrs_attrs__)
 
 
 def _login_time(decision: Decision, now: float) -> float:

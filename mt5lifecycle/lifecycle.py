@@ -355,12 +355,15 @@ class Lifecycle:
         metrics = backends.metrics
         if decision.event == "login_failed" and failure is not None and failure.reason is not None:
             log.warning(
-                "instance %s: login failed (%s, code %s): %s; %d authentication failures in a row",
+                "instance %s: login failed (%s, code %s): %s; %d authentication failures "
+                "in a row; %s -> %s",
                 instance_id,
                 failure.reason.value,
                 failure.code,
                 failure.message,
                 new.login_attempt_count,
+                source.value if source is not None else "new",
+                decision.dest,
             )
             records.append(
                 LoginFailureRecord(

@@ -334,14 +334,15 @@ class Lifecycle:
         new = decision.snapshot
         source = before.status if before is not None else None
         at = utc(now)
-        log.info(
-            "instance %s: %s -> %s on %s (%s)",
-            instance_id,
-            source.value if source is not None else "new",
-            decision.dest,
-            decision.event,
-            decision.reason.value if decision.reason is not None else "-",
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "instance %s: %s -> %s on %s (%s)",
+                instance_id,
+                source.value if source is not None else "new",
+                decision.dest,
+                decision.event,
+                decision.reason.value if decision.reason is not None else "-",
+            )
         records: list[ArchiveRecord] = [
             TransitionRecord(
                 instance_id=instance_id,

@@ -71,22 +71,28 @@ def close_step(result: TradeResult, *, requotes: int, calls: int, policy: Policy
 
 
 def close_all(
-    broker: Broker, instance_id: str, policy: Policy, now: Callable[[], float]
+    broker: Broker,
+    instance_id: str,
+    policy: Policy,
+    now: Callable[[], float],
+    on_outcome: Callable[[TradeOutcomeRecord], object] = lambda _: None,
 ) -> list[TradeOutcomeRecord]:
-    """Close every open position and cancel every pending order; one outcome each.
+    """Close every open position and cancel every pending order; one outcome each,
+    handed to ``on_outcome`` as soon as it is known.
 
     Closing happens "while the terminal still answers": a terminal that cannot even
     list its positions or orders leaves them as they are (logged), rather than keep a
     closed account's cleanup pending for ever.
     """
-    outcomes = [
-        _close_position(broker, instance_id, position, policy, now)
-        for position in _listed(broker.positions, instance_id, "positions")
-    ]
-    outcomes.extend(
-        _cancel_order(broker, instance_id, order, now)
-        for order in _listed(broker.orders, instance_id, "orders")
-    )
+    outcomes = []
+    for position in _listed(broker.positions, instance_id, "positions"):
+        outcomes.append(_close_position(broker, instance_id, position, policy, now))
+        # Recorded as soon as it is known: a worker that dies mid-way loses no outcome
+        # of a trade it already closed (the next one finds that trade gone).
+        on_outcome(outcomes[-1])
+    for order in _listed(broker.orders, instance_id, "orders"):
+        outcomes.append(_cancel_order(broker, instance_id, order, now))
+        on_outcome(outcomes[-1])
     return outcomes
 
 

@@ -234,13 +234,15 @@ class _TimelineArchive:
                     f"   {record.kind} {record.ticket} {record.symbol}{volume}: "
                     f"{record.outcome.value} (retcode {record.retcode})",
                 )
-            elif isinstance(record, ClosureRecord):
-                p.line(
-                    at,
-                    record.instance_id,
-                    "   final state archived, instance marked INACTIVE",
-                )
         self.inner.write(records)
+
+    def confirm(self, record: ClosureRecord) -> None:
+        self.printer.line(
+            record.at.timestamp(),
+            record.instance_id,
+            "   final state archived, instance marked INACTIVE",
+        )
+        self.inner.confirm(record)
 
     def is_confirmed(self, instance_id: str) -> bool:
         return self.inner.is_confirmed(instance_id)

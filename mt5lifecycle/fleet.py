@@ -251,7 +251,10 @@ class Fleet:
         be looked at again, and a disabled one would keep its terminal running. One
         batched read per interval (``load_many``) brings every idle member up to date.
         """
-        if self._resync_at is not None and now < self._resync_at:
+        if self._resync_at is None or now < self._resync_at:
+            # The first pass follows the adds, which have just read every member.
+            if self._resync_at is None:
+                self._resync_at = now + self.policy.connection_check_interval
             return
         self._resync_at = now + self.policy.connection_check_interval
         with self._lock:

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .ids import check_instance_id
 from .machine import CLOSURE_CONFIRMED, Command, Decision, Facts, decide, machine_state
+from .memory import NullArchive
 from .policy import Policy
 from .ports import LockToken, Stored
 from .records import (
@@ -42,6 +43,7 @@ from .records import (
     LoginFailureRecord,
     LoginResult,
     Notification,
+    TradeOutcomeRecord,
     TransitionRecord,
 )
 from .snapshot import Snapshot, replace, utc
@@ -242,7 +244,7 @@ class Lifecycle:
 
     def _event(self, event: str) -> None:
         self._ensure_loaded()
-        if self._gone:
+        if self._gone or (self._snap is None and self._confirmed_in_archive()):
             raise InvalidTransition(
                 instance_id=self.instance_id,
                 event=event,
@@ -343,16 +345,21 @@ class Lifecycle:
                 decision.event,
                 decision.reason.value if decision.reason is not None else "-",
             )
-        records: list[ArchiveRecord] = [
-            TransitionRecord(
-                instance_id=instance_id,
-                at=at,
-                event=decision.event,
-                source=source,
-                dest=new.status,
-                reason=decision.reason,
+        # The default archive and metrics keep nothing: a fleet that uses them does not
+        # pay for records and samples built only to be dropped.
+        archiving = not isinstance(backends.archive, NullArchive)
+        records: list[ArchiveRecord] = []
+        if archiving:
+            records.append(
+                TransitionRecord(
+                    instance_id=instance_id,
+                    at=at,
+                    event=decision.event,
+                    source=source,
+                    dest=new.status,
+                    reason=decision.reason,
+                )
             )
-        ]
         metrics = backends.metrics
         if decision.event == "login_failed" and failure is not None and failure.reason is not None:
             log.warning(
@@ -366,22 +373,24 @@ class Lifecycle:
                 source.value if source is not None else "new",
                 decision.dest,
             )
-            records.append(
-                LoginFailureRecord(
-                    instance_id=instance_id,
-                    at=utc(_login_time(decision, now)),
-                    attempt=new.login_attempt_count,
-                    reason=failure.reason,
-                    code=failure.code,
-                    message=failure.message,
+            if archiving:
+                records.append(
+                    LoginFailureRecord(
+                        instance_id=instance_id,
+                        at=utc(_login_time(decision, now)),
+                        attempt=new.login_attempt_count,
+                        reason=failure.reason,
+                        code=failure.code,
+                        message=failure.message,
+                    )
                 )
-            )
             self._guarded(
                 "metrics", metrics.login, instance_id, failure.reason, new.login_attempt_count
             )
         elif decision.event == "login_succeeded":
             self._guarded("metrics", metrics.login, instance_id, None, 0)
-        self._write(records)
+        if records:
+            self._write(records)
         self._guarded(
             "metrics", metrics.transition, instance_id, source, new.status, decision.reason
         )
@@ -505,19 +514,22 @@ class Lifecycle:
 
     def _close_trades(self, now: float) -> None:
         backends = self.backends
-        outcomes = close_all(backends.broker, self.instance_id, self.policy, backends.clock.now)
-        for outcome in outcomes:
-            log.info(
-                "instance %s: %s %s %s (retcode %s)",
-                self.instance_id,
-                outcome.kind,
-                outcome.ticket,
-                outcome.outcome.value,
-                outcome.retcode,
-            )
-        self._write(outcomes)
+        close_all(backends.broker, self.instance_id, self.policy, backends.clock.now, self._outcome)
         self._settle(due=None, next_due=None, terminal_stopped=True)
         self._command(Command.STOP_TERMINAL, None)
+
+    def _outcome(self, outcome: TradeOutcomeRecord) -> None:
+        log.info(
+            "instance %s: %s %s %s (retcode %s)",
+            self.instance_id,
+            outcome.kind,
+            outcome.ticket,
+            outcome.outcome.value,
+            outcome.retcode,
+        )
+        self._write([outcome])
+        # Each trade's outcome is made durable before the next trade is touched.
+        self._guarded("archive", self.backends.archive.flush)
 
     def _cleanup(self, now: float) -> None:
         backends = self.backends
@@ -525,8 +537,13 @@ class Lifecycle:
         assert snap is not None
         backends.credentials.delete(self.instance_id)
         final = replace(snap, {"status": State.ACCOUNT_CLOSED, "due": None, "next_due": None})
-        self._write([ClosureRecord(instance_id=self.instance_id, at=utc(now), final=final)])
         self._guarded("archive", backends.archive.flush)
+        # Durable before the live state goes: from then on only the archive remembers
+        # that this id must never start again. An archive that cannot take it raises
+        # StoreUnavailable here, and confirm_closure run again finishes the cleanup.
+        backends.archive.confirm(
+            ClosureRecord(instance_id=self.instance_id, at=utc(now), final=final)
+        )
         self._alert(
             AlertKind.CREDENTIALS_DELETED,
             Reason.ACCOUNT_CLOSED,

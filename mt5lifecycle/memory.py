@@ -7,8 +7,8 @@ durability and sharing between processes differ.
 
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 from .clock import SystemClock
@@ -112,7 +112,7 @@ class MemoryStateStore:
             held = self._locks.get(instance_id)
             if held is not None and held[1] > now:
                 return None
-            token = uuid.uuid4().hex
+            token = os.urandom(16).hex()
             self._locks[instance_id] = (token, now + ttl)
             return LockToken(instance_id, token)
 
@@ -202,6 +202,9 @@ class NullArchive:
     def write(self, records: Sequence[ArchiveRecord]) -> None:
         pass
 
+    def confirm(self, record: ClosureRecord) -> None:
+        pass
+
     def is_confirmed(self, instance_id: str) -> bool:
         return False
 
@@ -237,6 +240,9 @@ class MemoryArchive:
                 self.login_failures.append(record)
             else:
                 self.trade_outcomes.append(record)
+
+    def confirm(self, record: ClosureRecord) -> None:
+        self.write([record])
 
     def is_confirmed(self, instance_id: str) -> bool:
         return instance_id in self.closures

@@ -19,6 +19,7 @@ import attrs
 from .credentials import Credentials
 from .records import (
     ArchiveRecord,
+    ClosureRecord,
     LoginResult,
     Notification,
     Order,
@@ -149,6 +150,15 @@ class Archive(Protocol):
     """
 
     def write(self, records: Sequence[ArchiveRecord]) -> None: ...
+
+    def confirm(self, record: ClosureRecord) -> None:
+        """Store a confirmed closure durably, now, or raise ``StoreUnavailable``.
+
+        The one write that may not wait in a buffer: the live state is deleted right
+        after it, and from then on only the archive remembers that the id must never
+        start again.
+        """
+        ...
 
     def is_confirmed(self, instance_id: str) -> bool:
         """Whether the instance's closure was confirmed (its id is never started again)."""

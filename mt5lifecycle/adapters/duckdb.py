@@ -374,6 +374,17 @@ class DuckDBArchive:
                 ) from exc
         return row is not None
 
+    def confirm(self, record: ClosureRecord) -> None:
+        """Write a confirmed closure now, in its own transaction (``store``).
+
+        Raises ``StoreUnavailable`` when the file cannot take it: the lifecycle then
+        keeps the instance's live state until a retry succeeds, so a closure is never
+        only in memory when the state that also remembers it is deleted.
+        """
+        if not isinstance(record, ClosureRecord):
+            raise TypeError(f"not a closure record: {type(record).__name__}")
+        self.store([record])
+
     def flush(self) -> None:
         self._flush(automatic=False)
 

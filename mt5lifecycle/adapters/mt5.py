@@ -161,6 +161,7 @@ class MT5Broker:
         self._owner: dict[int, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._initialized: set[str] = set()
+        self._stopped: set[str] = set()
         self._guard = threading.Lock()
         self._factory: Callable[[str], Any] | None
         if callable(terminals) and not isinstance(terminals, Mapping):
@@ -199,6 +200,7 @@ class MT5Broker:
                     )
             except Exception as exc:  # any transport fault is checked below
                 return self._check_raised(instance_id, mt5, credentials, exc)
+            self._stopped.discard(instance_id)
             if ok:
                 self._initialized.add(instance_id)
                 return LoginResult.success()
@@ -216,6 +218,8 @@ class MT5Broker:
 
     def status(self, instance_id: str) -> TerminalStatus:
         with self._terminal(instance_id) as mt5:
+            if not self._attach(instance_id, mt5):
+                return TerminalStatus.DOWN
             try:
                 info = mt5.terminal_info()
             except Exception:  # a transport that raises means no answer
@@ -232,6 +236,7 @@ class MT5Broker:
             self._forget(instance_id)
         with self._terminal(instance_id) as mt5:
             self._initialized.discard(instance_id)
+            self._stopped.discard(instance_id)
             _shutdown(mt5)
             try:
                 ok = bool(mt5.initialize(*self._path(instance_id), timeout=self._timeout))
@@ -245,10 +250,12 @@ class MT5Broker:
     def stop(self, instance_id: str) -> None:
         with self._terminal(instance_id) as mt5:
             self._initialized.discard(instance_id)
+            self._stopped.add(instance_id)
             _shutdown(mt5)
 
     def positions(self, instance_id: str) -> list[Position]:
         with self._terminal(instance_id) as mt5:
+            self._attach(instance_id, mt5)
             found = self._ask(instance_id, mt5, "list its positions", lambda: mt5.positions_get())
             return [
                 Position(ticket=int(p.ticket), symbol=str(p.symbol), volume=float(p.volume))
@@ -257,6 +264,7 @@ class MT5Broker:
 
     def orders(self, instance_id: str) -> list[Order]:
         with self._terminal(instance_id) as mt5:
+            self._attach(instance_id, mt5)
             found = self._ask(instance_id, mt5, "list its orders", lambda: mt5.orders_get())
             return [
                 Order(ticket=int(o.ticket), symbol=str(o.symbol), volume=float(o.volume_current))
@@ -403,6 +411,26 @@ class MT5Broker:
         self._initialized.discard(instance_id)
         message = _scrub(_describe(exc), credentials.password)
         return LoginResult.failure(Reason.NETWORK, None, f"the login call raised {message}")
+
+    def _attach(self, instance_id: str, mt5: Any) -> bool:
+        """Connect this process to a terminal that is already running.
+
+        A worker that resumes an instance (after a restart, or a takeover) has never
+        called ``initialize()``: until it does, the package answers every call with
+        "No IPC connection" although the terminal runs and is logged in. Without
+        credentials, ``initialize()`` attaches to the terminal's current session.
+        """
+        if instance_id in self._initialized:
+            return True
+        if instance_id in self._stopped:
+            return False  # stopped on purpose: asking must not start it again
+        try:
+            ok = bool(mt5.initialize(*self._path(instance_id), timeout=self._timeout))
+        except Exception:  # a transport that raises means no answer
+            return False
+        if ok:
+            self._initialized.add(instance_id)
+        return ok
 
     def _ask(self, instance_id: str, mt5: Any, what: str, call: Callable[[], Any]) -> Any:
         try:

@@ -200,7 +200,10 @@ def _due_time_codec(
     def decode(text: str) -> object:
         if _FLOAT.fullmatch(text) is None:
             raise _BadValueError(expected)
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):  # "1e999" matches the pattern and reads as inf
+            raise _BadValueError(expected)
+        return value
 
     return encode, decode, expected
 

@@ -161,6 +161,25 @@ class RedisStreamArchive:
                 backend="archive", instance_id=instance_id, detail=str(exc)
             ) from exc
 
+    def confirm(self, record: ClosureRecord) -> None:
+        """Send a confirmed closure now; ``StoreUnavailable`` if Redis did not take it.
+
+        The closure's id joins the confirmed set in the same transaction as its entry,
+        so once this returns, every worker's ``is_confirmed`` says so.
+        """
+        if not isinstance(record, ClosureRecord):
+            raise TypeError(f"not a closure record: {type(record).__name__}")
+        self.write([record])
+        self._send()
+        with self._lock:
+            waiting = any(record.instance_id in closures for _, closures, _ in self._buffer)
+        if waiting:
+            raise StoreUnavailable(
+                backend="archive",
+                instance_id=record.instance_id,
+                detail=f"the closure could not be sent to the stream {self.stream!r}",
+            )
+
     def flush(self) -> None:
         """Send every buffered entry now; a Redis fault is logged and counted."""
         self._send()

@@ -283,7 +283,10 @@ def test_the_password_never_reaches_the_message(world: World) -> None:
 
 
 def test_status(world: World) -> None:
-    assert world.broker.status(world.id) is TerminalStatus.DOWN  # never initialized
+    # Never initialized by this process: the broker attaches to the terminal (a worker
+    # that resumes an instance must see the session the terminal has), which runs but
+    # is logged in to nothing yet.
+    assert world.broker.status(world.id) is TerminalStatus.DISCONNECTED
     assert world.login().ok
     assert world.broker.status(world.id) is TerminalStatus.CONNECTED
     world.mt5.drop_connection()
@@ -337,10 +340,10 @@ def test_two_ids_on_one_module_are_refused(tmp_path: Path) -> None:
 def test_two_ids_from_a_factory_on_one_module_are_refused() -> None:
     mt5 = FakeMetaTrader5()
     broker = MT5Broker(lambda instance_id: mt5)
-    assert broker.status("bot-a") is TerminalStatus.DOWN
+    assert broker.status("bot-a") is TerminalStatus.DISCONNECTED
     with pytest.raises(TerminalShared, match=r"'bot-a' and 'bot-b'"):
         broker.status("bot-b")
-    assert broker.status("bot-a") is TerminalStatus.DOWN
+    assert broker.status("bot-a") is TerminalStatus.DISCONNECTED
 
 
 def test_a_factory_is_asked_once_per_id(tmp_path: Path) -> None:

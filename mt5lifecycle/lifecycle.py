@@ -21,6 +21,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
+
 from .backends import Backends
 from .closing import close_all
 from .credentials import Credentials
@@ -322,6 +324,8 @@ class Lifecycle:
             else None
         )
         self._publish(decision, before, now, failure)
+        if lock is not None and lock.release_on_commit:
+            lock = None  # given back by the commit
         for command in decision.commands:
             self._command(command, lock)
         if self._on_change is not None:
@@ -450,19 +454,22 @@ class Lifecycle:
             self._hold_until = now + min(self.policy.transient_retry_delay, self.policy.lock_ttl)
             self._reload()
             return
+        released = False
         try:
-            self._login_locked(lock)
+            released = self._login_locked(lock)
         finally:
-            self._release(lock)
+            if not released:
+                self._release(lock)
 
-    def _login_locked(self, lock: LockToken) -> None:
+    def _login_locked(self, lock: LockToken) -> bool:
+        """Log in under ``lock``; True when the commit of the result released it."""
         backends = self.backends
         snap = self._snap
         assert snap is not None
         credentials = self._credentials()
         if credentials is None:
             self._apply("credentials_missing", self._facts(has_credentials=False), lock=lock)
-            return
+            return False
         login_at = backends.clock.now()
         try:
             result = backends.broker.login(
@@ -482,15 +489,18 @@ class Lifecycle:
                 None,
                 f"the broker answered {type(result).__name__}, not a LoginResult",
             )
+        # The result's write gives the lock back too: one round trip, not two.
+        releasing = attrs.evolve(lock, release_on_commit=True)
         if result.ok:
-            self._apply("login_succeeded", self._facts(login_at=login_at), lock=lock)
+            self._apply("login_succeeded", self._facts(login_at=login_at), lock=releasing)
         else:
             self._apply(
                 "login_failed",
                 self._facts(reason=result.reason, login_at=login_at),
-                lock=lock,
+                lock=releasing,
                 failure=result,
             )
+        return True
 
     def _reconnect_check(self, now: float) -> None:
         if self._terminal_status() is TerminalStatus.CONNECTED:

@@ -83,6 +83,8 @@ class MemoryStateStore:
                 raise LockLost(instance_id=instance_id)
             version = found + 1
             self._rows[instance_id] = Stored(snapshot, version)
+            if lock is not None and lock.release_on_commit:
+                del self._locks[instance_id]
             return version
 
     def commit_many(

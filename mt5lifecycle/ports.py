@@ -61,6 +61,9 @@ class LockToken:
 
     instance_id: str
     token: str
+    release_on_commit: bool = False
+    """Give the lock back in the same atomic write as the commit it guards: a login's
+    result and the lock's release cost one round trip, not two."""
 
 
 @runtime_checkable
@@ -108,7 +111,8 @@ class StateStore(Protocol):
 
         ``expected_version`` is the version that was read (0: nothing stored). A
         mismatch raises ``ConcurrentUpdate``; a ``lock`` that is no longer held raises
-        ``LockLost``. Either way nothing is written.
+        ``LockLost``. Either way nothing is written. A lock with
+        ``release_on_commit`` is released by the same write.
         """
         ...
 

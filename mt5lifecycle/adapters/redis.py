@@ -293,7 +293,8 @@ return values
 
 # KEYS: the field keys, version, last_commit, login_lock.
 # ARGV: expected version, lock token ('' for none), commit id, one value per field
-# ('' deletes the key: no field is ever stored empty).
+# ('' deletes the key: no field is ever stored empty), then '1' to release the lock
+# in the same write (a login's result and the lock's release in one round trip).
 # Returns {0, new version}, {-1} lock lost, {-2, index, type} wrong type,
 # {-3, raw} corrupt version, {-4, raw or nil} version mismatch.
 _COMMIT = """
@@ -330,6 +331,7 @@ for i = 1, n do
     kv[#kv + 1] = v
   end
 end
+if ARGV[2] ~= '' and ARGV[n + 4] == '1' then gone[#gone + 1] = lkey end
 redis.call('MSET', unpack(kv))
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
 return {0, redis.call('INCR', vkey)}
@@ -671,7 +673,8 @@ class RedisStateStore:
                 raise ValueError("a LockToken's token must be a non-empty string")
             token = lock.token
         values = [f.encode(getattr(snapshot, f.suffix)) or "" for f in _FIELDS]
-        args = [str(expected_version), token, os.urandom(16).hex(), *values]
+        release = "1" if lock is not None and lock.release_on_commit else "0"
+        args = [str(expected_version), token, os.urandom(16).hex(), *values, release]
         return self._keys(instance_id), args
 
     def _committed(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -836,3 +837,43 @@ def test_an_unreachable_redis_is_store_unavailable_everywhere() -> None:
     with pytest.raises(StoreUnavailable) as one:
         store.load("acct-1")
     assert one.value.instance_id == "acct-1"
+
+
+def test_a_commit_can_release_the_lock_it_was_guarded_by_in_the_same_write(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    lock = store.acquire_lock("acct-1", 30.0)
+    assert lock is not None
+    snapshot = Snapshot(status=State.CONNECTED)
+    store.commit(
+        "acct-1", snapshot, expected_version=0, lock=attrs.evolve(lock, release_on_commit=True)
+    )
+    assert raw.exists(f"{prefix}:acct-1:login_lock") == 0
+    assert store.acquire_lock("acct-1", 30.0) is not None
+
+
+def test_a_login_costs_two_round_trips_the_lock_and_its_result(
+    client: redis.Redis, prefix: str
+) -> None:
+    from mt5lifecycle import Credentials, Lifecycle
+    from mt5lifecycle.testing import memory_backends
+
+    store = RedisStateStore(client, prefix=prefix)
+    backends = attrs.evolve(memory_backends(), state=store)
+    backends.credentials.put("acct-1", Credentials(1, "Srv", "pw"))
+    lifecycle = Lifecycle("acct-1", backends)
+    lifecycle.start()
+    sent: list[str] = []
+    original: Any = client.execute_command
+
+    def counting(*args: object, **options: object) -> object:
+        sent.append(str(args[0]))
+        return original(*args, **options)
+
+    client.execute_command = counting  # type: ignore[method-assign]
+    try:
+        lifecycle.run_due()
+    finally:
+        del client.execute_command
+    assert lifecycle.state is State.CONNECTED
+    assert len(sent) == 2, sent  # take the lock; store the result and give the lock back

@@ -36,6 +36,7 @@ from .errors import (
 from .ids import check_instance_id
 from .machine import CLOSURE_CONFIRMED, Command, Decision, Facts, decide, machine_state
 from .memory import NullArchive
+from .metrics import NullMetrics
 from .policy import Policy
 from .ports import LockToken, Stored
 from .records import (
@@ -338,46 +339,44 @@ class Lifecycle:
         backends = self.backends
         instance_id = self.instance_id
         new = decision.snapshot
+        event = decision.event
         source = before.status if before is not None else None
-        at = utc(now)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "instance %s: %s -> %s on %s (%s)",
                 instance_id,
                 source.value if source is not None else "new",
                 decision.dest,
-                decision.event,
+                event,
                 decision.reason.value if decision.reason is not None else "-",
             )
-        # The default archive and metrics keep nothing: a fleet that uses them does not
-        # pay for records and samples built only to be dropped.
-        archiving = not isinstance(backends.archive, NullArchive)
-        records: list[ArchiveRecord] = []
-        if archiving:
-            records.append(
-                TransitionRecord(
-                    instance_id=instance_id,
-                    at=at,
-                    event=decision.event,
-                    source=source,
-                    dest=new.status,
-                    reason=decision.reason,
-                )
-            )
-        metrics = backends.metrics
-        if decision.event == "login_failed" and failure is not None and failure.reason is not None:
+        failed = event == "login_failed" and failure is not None and failure.reason is not None
+        if failed and failure is not None:
             log.warning(
                 "instance %s: login failed (%s, code %s): %s; %d authentication failures "
                 "in a row; %s -> %s",
                 instance_id,
-                failure.reason.value,
+                failure.reason.value if failure.reason is not None else None,
                 failure.code,
                 failure.message,
                 new.login_attempt_count,
                 source.value if source is not None else "new",
                 decision.dest,
             )
-            if archiving:
+        # The default archive and metrics keep nothing: a fleet that uses them does not
+        # pay for records and samples built only to be dropped.
+        if not isinstance(backends.archive, NullArchive):
+            records: list[ArchiveRecord] = [
+                TransitionRecord(
+                    instance_id=instance_id,
+                    at=utc(now),
+                    event=event,
+                    source=source,
+                    dest=new.status,
+                    reason=decision.reason,
+                )
+            ]
+            if failed and failure is not None and failure.reason is not None:
                 records.append(
                     LoginFailureRecord(
                         instance_id=instance_id,
@@ -388,20 +387,24 @@ class Lifecycle:
                         message=failure.message,
                     )
                 )
-            self._guarded(
-                "metrics", metrics.login, instance_id, failure.reason, new.login_attempt_count
-            )
-        elif decision.event == "login_succeeded":
-            self._guarded("metrics", metrics.login, instance_id, None, 0)
-        if records:
             self._write(records)
-        self._guarded(
-            "metrics", metrics.transition, instance_id, source, new.status, decision.reason
-        )
-        if decision.event == "restart_due" and new.status is State.CONNECTING:
-            self._guarded("metrics", metrics.restart, instance_id, new.restart_count)
-        for alert in decision.alerts:
-            self._alert(alert.kind, alert.reason, alert.message, at)
+        metrics = backends.metrics
+        if not isinstance(metrics, NullMetrics):
+            if failed and failure is not None:
+                self._guarded(
+                    "metrics", metrics.login, instance_id, failure.reason, new.login_attempt_count
+                )
+            elif event == "login_succeeded":
+                self._guarded("metrics", metrics.login, instance_id, None, 0)
+            self._guarded(
+                "metrics", metrics.transition, instance_id, source, new.status, decision.reason
+            )
+            if event == "restart_due" and new.status is State.CONNECTING:
+                self._guarded("metrics", metrics.restart, instance_id, new.restart_count)
+        if decision.alerts:
+            at = utc(now)
+            for alert in decision.alerts:
+                self._alert(alert.kind, alert.reason, alert.message, at)
 
     def _alert(self, kind: AlertKind, reason: Reason | None, message: str, at: Any) -> None:
         notification = Notification(

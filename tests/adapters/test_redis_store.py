@@ -252,7 +252,7 @@ def test_every_snapshot_round_trips_with_the_spec_s_values(
 
         stored = dump(raw, prefix, instance_id)
         commit_id = stored.pop("last_commit")
-        assert len(commit_id) == 32
+        assert len(commit_id) >= 17  # a per-process random prefix and a counter
         assert stored == {**spec_values(second), "version": "2"}
         loaded = store.load(instance_id)
         assert loaded == Stored(second, 2)

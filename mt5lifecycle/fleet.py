@@ -72,6 +72,16 @@ class Fleet:
             raise TypeError(f"policy must be a Policy value, not {type(policy).__name__}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, not {workers!r}")
+        if (
+            isinstance(lease_ttl, bool)
+            or not isinstance(lease_ttl, (int, float))
+            or not (lease_ttl > 0)
+        ):
+            raise ValueError(f"lease_ttl must be a number of seconds > 0, not {lease_ttl!r}")
+        if leases is not None and not isinstance(leases, Leases):
+            raise TypeError(f"leases must be a Leases store, not {type(leases).__name__}")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ValueError(f"owner must be a non-empty string, not {owner!r}")
         state = backends.state
         if (
             workers > 1
@@ -95,12 +105,6 @@ class Fleet:
         self._driving = 0
         self._tick: asyncio.Event | None = None
         self._deadlines: list[float] = []
-        if (
-            isinstance(lease_ttl, bool)
-            or not isinstance(lease_ttl, (int, float))
-            or not (lease_ttl > 0)
-        ):
-            raise ValueError(f"lease_ttl must be a number of seconds > 0, not {lease_ttl!r}")
         self.leases = leases
         self.owner = (
             owner

@@ -100,3 +100,17 @@ def test_adopt_needs_leases() -> None:
     fleet = Fleet(memory_backends())
     with pytest.raises(TypeError, match="leases"):
         fleet.adopt(["x"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"lease_ttl": 0}, ValueError),
+        ({"lease_ttl": "15"}, ValueError),
+        ({"owner": ""}, ValueError),
+        ({"leases": object()}, TypeError),
+    ],
+)
+def test_bad_lease_settings_are_refused(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Fleet(memory_backends(), **kwargs)  # type: ignore[arg-type]

@@ -21,3 +21,12 @@ def test_the_diagram_in_the_docs_is_generated_from_the_table() -> None:
 def test_the_table_in_the_docs_is_the_code_table() -> None:
     block = _between(DOC.read_text(), "<!-- table:start -->\n", "<!-- table:end -->")
     assert block == markdown_table()
+
+
+def test_the_readme_example_runs() -> None:
+    import re
+
+    readme = (DOC.parent.parent / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert block is not None
+    exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README

@@ -45,9 +45,6 @@ log = logging.getLogger("mt5lifecycle.fleet")
 
 T = TypeVar("T")
 
-_UNREAD: Any = object()
-"""``_join`` without a stored state read beforehand: the lifecycle reads its own."""
-
 _CHUNKS_PER_WORKER = 4
 """Due instances are split into this many chunks per worker: few enough to keep the
 pool's overhead small, many enough that a slow terminal holds up few others."""
@@ -119,40 +116,18 @@ class Fleet:
 
     def add(self, instance_id: str) -> Lifecycle:
         """Start (or resume) an instance and drive it from now on."""
-        check_instance_id(instance_id)
-        if instance_id in self._members:
-            raise InvalidTransition(
-                instance_id=instance_id,
-                event="add",
-                state=self._members[instance_id]._state_name(),
-                detail="the instance is already in this fleet",
-            )
-        leases = self.leases
-        if leases is not None and not leases.acquire([instance_id], self.owner, self.lease_ttl):
-            raise InvalidTransition(
-                instance_id=instance_id,
-                event="add",
-                state=None,
-                detail="another worker holds its lease and drives it",
-            )
-        try:
-            lifecycle = self._join(instance_id)
-        except BaseException:
-            if leases is not None:
-                leases.release([instance_id], self.owner)
-            raise
-        if self._kick is not None:
-            self._kick.set()
-        return lifecycle
+        return self.add_many([instance_id])[0]
 
     def add_many(self, instance_ids: Iterable[str]) -> list[Lifecycle]:
         """``add`` for many instances, their stored states read in batches.
 
         Restoring a fleet after a restart: one ``load_many`` per thousand instances
-        instead of a round trip each. An id that cannot start (a confirmed closure, an
-        invalid id) raises before any instance is added.
+        instead of a round trip each. An invalid id, one already in the fleet or one
+        another worker holds raises before any instance is added; an id that then
+        cannot start (a confirmed closure) raises with the ids before it added and
+        the leases of the rest handed back.
         """
-        ids = [check_instance_id(i) for i in dict.fromkeys(instance_ids)]
+        ids = list(dict.fromkeys(check_instance_id(i) for i in instance_ids))
         present = [i for i in ids if i in self._members]
         if present:
             raise InvalidTransition(
@@ -161,21 +136,30 @@ class Fleet:
                 state=self._members[present[0]]._state_name(),
                 detail="the instance is already in this fleet",
             )
-        if self.leases is not None:
-            held = set(self.leases.acquire(ids, self.owner, self.lease_ttl))
+        leases = self.leases
+        if leases is not None:
+            held = set(leases.acquire(ids, self.owner, self.lease_ttl))
             taken = [i for i in ids if i not in held]
             if taken:
-                self.leases.release(list(held), self.owner)
+                leases.release(list(held), self.owner)
                 raise InvalidTransition(
                     instance_id=taken[0],
                     event="add",
                     state=None,
                     detail="another worker holds its lease and drives it",
                 )
-        stored = self.backends.state.load_many(ids)
-        added = [self._join(i, stored.get(i)) for i in ids]
-        if self._kick is not None:
-            self._kick.set()
+        added: list[Lifecycle] = []
+        try:
+            stored = self.backends.state.load_many(ids)
+            for instance_id in ids:
+                added.append(self._join(instance_id, stored.get(instance_id)))
+        except BaseException:
+            if leases is not None:
+                leases.release(ids[len(added) :], self.owner)
+            raise
+        finally:
+            if added and self._kick is not None:
+                self._kick.set()
         return added
 
     def adopt(self, candidates: Iterable[str], *, limit: int | None = None) -> list[str]:
@@ -215,13 +199,10 @@ class Fleet:
             self._kick.set()
         return adopted
 
-    def _join(self, instance_id: str, stored: Stored | None = _UNREAD) -> Lifecycle:
+    def _join(self, instance_id: str, stored: Stored | None) -> Lifecycle:
         lifecycle = Lifecycle(instance_id, self.backends, self.policy)
         lifecycle._on_change = self._reschedule
-        if stored is _UNREAD:
-            lifecycle.start()
-        else:
-            lifecycle._start(stored)
+        lifecycle._start(stored)
         if self.leases is not None:
             lifecycle._fence()
         self._members[instance_id] = lifecycle

@@ -593,24 +593,14 @@ class Lifecycle:
         state here: stopped when the stored state says so, started again when a reset
         cleared the stop. Nothing is written.
         """
-        if stored is None:
-            if self._snap is not None and not self._gone:
-                self._gone = True  # its closure was confirmed elsewhere
-                self._check_at = None
-                if self._on_change is not None:
-                    self._on_change(self)
-            return
-        if stored.version == self._version:
+        if stored is not None and stored.version == self._version:
             return
         old = self._snap
-        new = stored.snapshot
-        self._snap = new
-        self._version = stored.version
-        if new.status is not State.CONNECTED or not self._started:
-            self._check_at = None
-        elif old is None or old.status is not State.CONNECTED or self._check_at is None:
-            self._check_at = self.backends.clock.now()
-        if old is not None and old.terminal_stopped != new.terminal_stopped:
+        self._take(stored)
+        new = self._snap
+        if stored is None or old is None or new is None:
+            return
+        if old.terminal_stopped != new.terminal_stopped:
             log.info(
                 "instance %s: changed elsewhere (%s -> %s); the terminal follows",
                 self.instance_id,
@@ -619,8 +609,6 @@ class Lifecycle:
             )
             stop = Command.STOP_TERMINAL if new.terminal_stopped else Command.RESTART_TERMINAL
             self._command(stop, None)
-        if self._on_change is not None:
-            self._on_change(self)
 
     def _fence(self) -> None:
         """Take the instance over from a previous driver.
@@ -700,6 +688,9 @@ class Lifecycle:
             if self._snap is not None and not self._gone:
                 # Deleted under us (a closure confirmed elsewhere): final.
                 self._gone = True
+                self._check_at = None
+                if self._on_change is not None:
+                    self._on_change(self)
             self._version = 0
             return
         self._snap = stored.snapshot

@@ -114,3 +114,27 @@ def test_adopt_needs_leases() -> None:
 def test_bad_lease_settings_are_refused(kwargs: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         Fleet(memory_backends(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_add_many_hands_back_the_leases_of_what_it_could_not_start() -> None:
+    from mt5lifecycle.records import ClosureRecord
+    from mt5lifecycle.snapshot import Snapshot, utc
+
+    a, _, backends, leases, clock = two_fleets()
+    closed = ClosureRecord(
+        instance_id="i1", at=utc(clock.now()), final=Snapshot(status=State.ACCOUNT_CLOSED)
+    )
+    backends.archive.confirm(closed)
+    with pytest.raises(InvalidTransition, match="closure was confirmed"):
+        a.add_many(["i0", "i1", "i2"])
+    assert "i0" in a and leases.owner("i0") == "a"
+    assert "i1" not in a and leases.owner("i1") is None
+    assert "i2" not in a and leases.owner("i2") is None
+
+
+def test_add_refuses_an_unhashable_id_as_an_invalid_id() -> None:
+    from mt5lifecycle import InvalidInstanceId
+
+    a, _, _, _, _ = two_fleets()
+    with pytest.raises(InvalidInstanceId):
+        a.add([])  # type: ignore[arg-type]

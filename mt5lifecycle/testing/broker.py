@@ -12,6 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
+from ..closing import DONE, DONE_PARTIAL, POSITION_CLOSED
 from ..credentials import Credentials
 from ..ids import check_instance_id
 from ..ports import Clock
@@ -20,9 +21,6 @@ from ..states import Reason, TerminalStatus
 
 __all__ = ["FakeBroker"]
 
-DONE = 10009
-DONE_PARTIAL = 10010
-POSITION_CLOSED = 10036
 INVALID = 10013
 MIN_VOLUME = 0.01
 

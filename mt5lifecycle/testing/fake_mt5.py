@@ -998,8 +998,7 @@ class FakeMetaTrader5:
 
     def version(self) -> tuple[int, int, str] | None:
         self.calls.append("version")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         return (500, self._build, "1 Jan 2026")
 
@@ -1008,8 +1007,7 @@ class FakeMetaTrader5:
 
     def terminal_info(self) -> TerminalInfo | None:
         self.calls.append("terminal_info")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         return TerminalInfo(
             connected=self._connected(),
@@ -1023,8 +1021,7 @@ class FakeMetaTrader5:
 
     def account_info(self) -> AccountInfo | None:
         self.calls.append("account_info")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         account = None if self._login is None else self._accounts.get(self._login)
         if account is None:
@@ -1057,8 +1054,7 @@ class FakeMetaTrader5:
 
     def positions_total(self) -> int | None:
         self.calls.append("positions_total")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         return len(self._positions)
 
@@ -1070,8 +1066,7 @@ class FakeMetaTrader5:
         group: str | None = None,
     ) -> tuple[TradePosition, ...] | None:
         self.calls.append("positions_get")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         self._error = _SUCCESS
         return tuple(
@@ -1082,8 +1077,7 @@ class FakeMetaTrader5:
 
     def orders_total(self) -> int | None:
         self.calls.append("orders_total")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         return len(self._orders)
 
@@ -1095,8 +1089,7 @@ class FakeMetaTrader5:
         group: str | None = None,
     ) -> tuple[TradeOrder, ...] | None:
         self.calls.append("orders_get")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         self._error = _SUCCESS
         return tuple(
@@ -1144,8 +1137,7 @@ class FakeMetaTrader5:
 
     def order_check(self, request: Mapping[str, Any]) -> OrderCheckResult | None:
         self.calls.append("order_check")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         if not isinstance(request, Mapping) or "action" not in request:
             self._error = (-2, 'Invalid "action" argument')
@@ -1155,8 +1147,7 @@ class FakeMetaTrader5:
 
     def order_send(self, request: Mapping[str, Any]) -> OrderSendResult | None:
         self.calls.append("order_send")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         if not isinstance(request, Mapping) or "action" not in request:
             self._error = (-2, 'Invalid "action" argument')
@@ -1190,8 +1181,7 @@ class FakeMetaTrader5:
 
     def symbol_info(self, symbol: str) -> SymbolInfo | None:
         self.calls.append("symbol_info")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         sym = self._symbols.get(symbol)
         if sym is None:
@@ -1202,8 +1192,7 @@ class FakeMetaTrader5:
 
     def symbol_info_tick(self, symbol: str) -> Tick | None:
         self.calls.append("symbol_info_tick")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         sym = self._symbols.get(symbol)
         if sym is None:
@@ -1223,15 +1212,13 @@ class FakeMetaTrader5:
 
     def symbols_total(self) -> int | None:
         self.calls.append("symbols_total")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         return len(self._symbols)
 
     def symbols_get(self, *, group: str | None = None) -> tuple[SymbolInfo, ...] | None:
         self.calls.append("symbols_get")
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         return tuple(_symbol_info(s) for s in self._symbols.values())
 
@@ -1312,6 +1299,13 @@ class FakeMetaTrader5:
     def _now(self) -> float:
         return time.time() if self._clock is None else self._clock.now()
 
+    def _ipc_gone(self) -> bool:
+        """True, with ``last_error()`` set as the real package sets it, when IPC is gone."""
+        if self._ipc:
+            return False
+        self._error = _NO_IPC
+        return True
+
     def _fail(self, error: tuple[int, str]) -> bool:
         self._error = error
         return False
@@ -1328,8 +1322,7 @@ class FakeMetaTrader5:
 
     def _empty_history(self, name: str, empty: _T) -> _T | None:
         self.calls.append(name)
-        if not self._ipc:
-            self._error = _NO_IPC
+        if self._ipc_gone():
             return None
         self._error = _SUCCESS
         return empty

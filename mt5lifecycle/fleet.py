@@ -23,12 +23,13 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import attrs
 
 from .backends import Backends
+from .batch import Step, commit_together, run_together
 from .clock import SystemClock
 from .errors import InvalidTransition, StoreUnavailable, Unrecoverable
 from .group_commit import BatchingStateStore, GroupCommitStore
@@ -80,10 +81,18 @@ class Fleet:
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty string, not {owner!r}")
         state = backends.state
+        if isinstance(state, GroupCommitStore):
+            state = state.inner
+        # The steps of instances due together are written with one commit_many
+        # (batch.py); the rest, run one by one on the pool, share round trips
+        # through the group commit.
+        self._batching: BatchingStateStore | None = (
+            state if isinstance(state, BatchingStateStore) else None
+        )
         if (
             workers > 1
             and isinstance(state, BatchingStateStore)
-            and not isinstance(state, GroupCommitStore)
+            and not isinstance(backends.state, GroupCommitStore)
         ):
             backends = attrs.evolve(backends, state=GroupCommitStore(state))
         self.backends = backends
@@ -151,11 +160,15 @@ class Fleet:
         added: list[Lifecycle] = []
         try:
             stored = self.backends.state.load_many(ids)
-            for instance_id in ids:
-                added.append(self._join(instance_id, stored.get(instance_id)))
+            if self._batching is None:
+                for instance_id in ids:
+                    added.append(self._join(instance_id, stored.get(instance_id)))
+            else:
+                self._join_many(ids, stored, added, self._batching)
         except BaseException:
             if leases is not None:
-                leases.release(ids[len(added) :], self.owner)
+                joined = {lifecycle.instance_id for lifecycle in added}
+                leases.release([i for i in ids if i not in joined], self.owner)
             raise
         finally:
             if added and self._kick is not None:
@@ -200,14 +213,61 @@ class Fleet:
         return adopted
 
     def _join(self, instance_id: str, stored: Stored | None) -> Lifecycle:
+        lifecycle = self._member(instance_id)
+        lifecycle._start(stored)
+        self._enlist(lifecycle)
+        return lifecycle
+
+    def _join_many(
+        self,
+        ids: list[str],
+        stored: dict[str, Stored],
+        added: list[Lifecycle],
+        store: BatchingStateStore,
+    ) -> None:
+        """``_join`` each id, the ``start`` of the new ones written together.
+
+        Appends to ``added`` as instances join. An id that cannot start raises once
+        the ids before it have joined (the new ones among them written first).
+        """
+        now = self.backends.clock.now()
+        fresh: list[Step] = []
+        joined: dict[str, Lifecycle] = {}
+        failed: Exception | None = None
+        try:
+            for instance_id in ids:
+                lifecycle = self._member(instance_id)
+                facts = lifecycle._resume(stored.get(instance_id))
+                if facts is None:
+                    lifecycle._begin()
+                    self._enlist(lifecycle)
+                    joined[instance_id] = lifecycle
+                else:
+                    decision = lifecycle._decide("start", facts, now)
+                    fresh.append((lifecycle, decision, None, None, now))
+        finally:
+            errors = commit_together(fresh, store)
+            for (lifecycle, *_), error in zip(fresh, errors, strict=True):
+                if error is None:
+                    lifecycle._begin()
+                    self._enlist(lifecycle)
+                    joined[lifecycle.instance_id] = lifecycle
+                elif failed is None:
+                    failed = error
+            added += [joined[i] for i in ids if i in joined]
+        if failed is not None:
+            raise failed
+
+    def _member(self, instance_id: str) -> Lifecycle:
         lifecycle = Lifecycle(instance_id, self.backends, self.policy)
         lifecycle._on_change = self._reschedule
-        lifecycle._start(stored)
+        return lifecycle
+
+    def _enlist(self, lifecycle: Lifecycle) -> None:
         if self.leases is not None:
             lifecycle._fence()
-        self._members[instance_id] = lifecycle
+        self._members[lifecycle.instance_id] = lifecycle
         self._reschedule(lifecycle)
-        return lifecycle
 
     def _maintain_leases(self, now: float) -> None:
         """Renew the leases held; let go of the instances whose lease was lost."""
@@ -330,10 +390,22 @@ class Fleet:
                 due.append(member)
             for entry in held:
                 heapq.heappush(heap, entry)
+        size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
+        if self._batching is not None and len(due) > 1:
+            try:
+                rest = run_together(due, now, self._batching, self._submit, size)
+            except Exception:
+                # A bug, or a pool shut down under us: nothing may stay marked busy.
+                log.exception("the batched pass failed; its instances wait for the next")
+                rest = []
+            left = {id(lifecycle) for lifecycle in rest}
+            for lifecycle in due:
+                if id(lifecycle) not in left:
+                    self._release(lifecycle)
+            due = rest
         if len(due) <= 1 or self.workers == 1:
             self._run_chunk(due)
         else:
-            size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
             chunks = [due[i : i + size] for i in range(0, len(due), size)]
             for _ in self._executor().map(self._run_chunk, chunks):
                 pass
@@ -374,6 +446,19 @@ class Fleet:
                 self.leases.release(members, self.owner)
             except StoreUnavailable as exc:
                 log.warning("could not hand the leases back (they will expire): %s", exc)
+
+    def _submit(self, task: Callable[[], None]) -> Future[None]:
+        """Run ``task`` on the pool; a fleet of one worker runs it here and now."""
+        if self.workers > 1:
+            return self._executor().submit(task)
+        done: Future[None] = Future()
+        try:
+            task()
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

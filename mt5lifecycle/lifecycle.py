@@ -21,8 +21,6 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from .backends import Backends
 from .closing import close_all
 from .credentials import Credentials
@@ -154,6 +152,17 @@ class Lifecycle:
 
     def _start(self, stored: Stored | None) -> None:
         """``start`` on a stored state already read (a fleet restores in batches)."""
+        facts = self._resume(stored)
+        if facts is not None:
+            self._apply("start", facts)
+        self._begin()
+
+    def _resume(self, stored: Stored | None) -> Facts | None:
+        """Take in the stored state; the facts of the ``start`` due when there is none.
+
+        The first half of ``_start``: a fleet starting many new instances writes their
+        ``start`` transitions together, then ``_begin``s each.
+        """
         backends = self.backends
         # Only an id with nothing stored, or one whose cleanup was cut short, can be a
         # confirmed closure: asking the archive for every resumed instance would cost
@@ -168,25 +177,28 @@ class Lifecycle:
             )
         self._take(stored)
         if self._snap is None:
-            self._apply("start", Facts(has_credentials=self._credentials_stored()))
-        else:
-            # A resumed instance is new to this process's metrics: without this, an
-            # exhausted or banned instance would have no series after a restart, and
-            # its alert would fall silent.
-            snap = self._snap
-            self._guarded(
-                "metrics",
-                backends.metrics.transition,
-                self.instance_id,
-                None,
-                snap.status,
-                snap.last_failure_reason,
-            )
+            return Facts(has_credentials=self._credentials_stored())
+        # A resumed instance is new to this process's metrics: without this, an
+        # exhausted or banned instance would have no series after a restart, and its
+        # alert would fall silent.
+        snap = self._snap
+        self._guarded(
+            "metrics",
+            backends.metrics.transition,
+            self.instance_id,
+            None,
+            snap.status,
+            snap.last_failure_reason,
+        )
+        return None
+
+    def _begin(self) -> None:
+        """The second half of ``_start``, once the state is stored."""
         self._started = True
         if self._snap is not None and self._snap.status is State.CONNECTED:
             # A resumed CONNECTED instance was connected when its owner stopped:
             # check the terminal at once rather than trust it.
-            self._check_at = backends.clock.now()
+            self._check_at = self.backends.clock.now()
 
     def run_due(self) -> float | None:
         """Do what is due at the clock's now; return the next due time or ``None``.
@@ -291,10 +303,14 @@ class Lifecycle:
         except _STALE:
             self._reload()
         except _STORE_FAULTS as exc:
-            self._hold_until = now + self.policy.transient_retry_delay
-            self._guarded("metrics", self.backends.metrics.error, exc.backend, self.instance_id)
-            log.warning("instance %s: %s; trying again later", self.instance_id, exc)
+            self._hold_off(exc, now)
             raise
+
+    def _hold_off(self, exc: StoreUnavailable, now: float) -> None:
+        """A backend is down: nothing changed; try this instance again a little later."""
+        self._hold_until = now + self.policy.transient_retry_delay
+        self._guarded("metrics", self.backends.metrics.error, exc.backend, self.instance_id)
+        log.warning("instance %s: %s; trying again later", self.instance_id, exc)
 
     def _apply(
         self,
@@ -304,20 +320,39 @@ class Lifecycle:
         lock: LockToken | None = None,
         failure: LoginResult | None = None,
     ) -> Decision:
-        backends = self.backends
-        now = backends.clock.now()
-        before = self._snap
-        decision = decide(before, event, self.policy, now, facts)
+        now = self.backends.clock.now()
+        decision = self._decide(event, facts, now)
+        version = self.backends.state.commit(
+            self.instance_id, decision.snapshot, expected_version=self._version, lock=lock
+        )
+        self._finish(decision, version, now, lock, failure)
+        return decision
+
+    # ``_apply`` in two halves around its write, so that a fleet can decide for many
+    # instances, write all their snapshots in one ``commit_many``, then finish each.
+
+    def _decide(self, event: str, facts: Facts, now: float) -> Decision:
+        decision = decide(self._snap, event, self.policy, now, facts)
         if decision is None:
             raise InvalidTransition(
                 instance_id=self.instance_id,
                 event=event,
                 state=self._state_name(),
-                detail=_refusal(before, event),
+                detail=_refusal(self._snap, event),
             )
-        self._version = backends.state.commit(
-            self.instance_id, decision.snapshot, expected_version=self._version, lock=lock
-        )
+        return decision
+
+    def _finish(
+        self,
+        decision: Decision,
+        version: int,
+        now: float,
+        lock: LockToken | None,
+        failure: LoginResult | None,
+    ) -> None:
+        """Everything after the decision is stored: the new state, then the world."""
+        before = self._snap
+        self._version = version
         self._snap = decision.snapshot
         self._check_at = (
             now + self.policy.connection_check_interval
@@ -331,7 +366,6 @@ class Lifecycle:
             self._command(command, lock)
         if self._on_change is not None:
             self._on_change(self)
-        return decision
 
     def _publish(
         self, decision: Decision, before: Snapshot | None, now: float, failure: LoginResult | None
@@ -466,13 +500,24 @@ class Lifecycle:
 
     def _login_locked(self, lock: LockToken) -> bool:
         """Log in under ``lock``; True when the commit of the result released it."""
+        event, facts, lock, failure = self._log_in(lock)
+        self._apply(event, facts, lock=lock, failure=failure)
+        return lock.release_on_commit
+
+    def _log_in(self, lock: LockToken) -> tuple[str, Facts, LockToken, LoginResult | None]:
+        """The broker's half of a login under ``lock``: the event it leads to.
+
+        Answers ``(event, facts, lock, failure)`` for ``_apply``. The lock comes back
+        marked to be given back by the result's write (one round trip, not two),
+        except when there are no credentials: nothing was tried, and the caller
+        releases it.
+        """
         backends = self.backends
         snap = self._snap
         assert snap is not None
         credentials = self._credentials()
         if credentials is None:
-            self._apply("credentials_missing", self._facts(has_credentials=False), lock=lock)
-            return False
+            return "credentials_missing", self._facts(has_credentials=False), lock, None
         login_at = backends.clock.now()
         try:
             result = backends.broker.login(
@@ -492,18 +537,15 @@ class Lifecycle:
                 None,
                 f"the broker answered {type(result).__name__}, not a LoginResult",
             )
-        # The result's write gives the lock back too: one round trip, not two.
-        releasing = attrs.evolve(lock, release_on_commit=True)
+        releasing = LockToken(lock.instance_id, lock.token, release_on_commit=True)
         if result.ok:
-            self._apply("login_succeeded", self._facts(login_at=login_at), lock=releasing)
-        else:
-            self._apply(
-                "login_failed",
-                self._facts(reason=result.reason, login_at=login_at),
-                lock=releasing,
-                failure=result,
-            )
-        return True
+            return "login_succeeded", self._facts(login_at=login_at), releasing, None
+        return (
+            "login_failed",
+            self._facts(reason=result.reason, login_at=login_at),
+            releasing,
+            result,
+        )
 
     def _reconnect_check(self, now: float) -> None:
         if self._terminal_status() is TerminalStatus.CONNECTED:
@@ -576,13 +618,18 @@ class Lifecycle:
             self._on_change(self)
 
     def _check_connection(self, now: float) -> None:
-        status = self._terminal_status()
+        event = self._checked(self._terminal_status(), now)
+        if event is not None:
+            self._apply(event, self._facts())
+
+    def _checked(self, status: TerminalStatus, now: float) -> str | None:
+        """The event a connection check's answer leads to, if any."""
         if status is TerminalStatus.CONNECTED:
             self._check_at = now + self.policy.connection_check_interval
-        elif status is TerminalStatus.DISCONNECTED:
-            self._apply("connection_lost", self._facts())
-        else:
-            self._apply("terminal_failed", self._facts())
+            return None
+        if status is TerminalStatus.DISCONNECTED:
+            return "connection_lost"
+        return "terminal_failed"
 
     # --- helpers ---------------------------------------------------------------
 

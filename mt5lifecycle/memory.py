@@ -118,6 +118,12 @@ class MemoryStateStore:
             self._locks[instance_id] = (token, now + ttl)
             return LockToken(instance_id, token)
 
+    def acquire_many(
+        self, instance_ids: Sequence[str], ttl: float
+    ) -> list[LockToken | Exception | None]:
+        """``acquire_lock`` for each id, in order."""
+        return [self.acquire_lock(instance_id, ttl) for instance_id in instance_ids]
+
     def release_lock(self, lock: LockToken) -> None:
         with self._guard:
             if self._holds(lock):

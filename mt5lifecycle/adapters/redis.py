@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -76,6 +75,11 @@ A plain tuple so that the core can batch commits without importing this adapter.
 BATCH: Final = 1000
 """Instances per pipeline in ``load_many`` and ``commit_many``: large enough to hide
 the round trip, small enough not to hold Redis (or the reply buffer) for long."""
+
+GROUP: Final = 100
+"""Instances per script call in ``commit_many`` (not on a cluster, where each
+instance's keys live in their own slot): a call holds Redis for well under a
+millisecond, and its MSET stays far below Lua's limit on unpacked arguments."""
 
 
 @attrs.frozen(repr=False)
@@ -264,14 +268,49 @@ KEY_SUFFIXES: Final = (*(f.suffix for f in _FIELDS), _VERSION, _LAST_COMMIT, _LO
 """Every key suffix of one instance, the SPEC's first, in the scripts' order."""
 
 _TAILS: Final = tuple(f":{suffix}" for suffix in KEY_SUFFIXES)
+_VERSION_TAIL: Final = f":{_VERSION}"
+_LAST_COMMIT_TAIL: Final = f":{_LAST_COMMIT}"
+_LOCK_TAIL: Final = f":{_LOCK}"
+_LOADED: Final = _N + 2
+"""A read takes the fields, the version and the id of the commit that made it."""
+_FIELD_NAMES: Final = tuple(f.suffix for f in _FIELDS)
+_OTHER_BASE: Final = -5
+
+
+def _compile_changes() -> Callable[[Snapshot, Snapshot, str, list[str], list[str]], None]:
+    # Unrolled once at import, as snapshot.replace is: this runs on every commit, and
+    # a loop with two getattr calls per field costs twice as much.
+    lines = ["def changes(new, old, head, keys, values):"]
+    for index, f in enumerate(_FIELDS):
+        lines += [
+            f"    a = new.{f.suffix}",
+            f"    b = old.{f.suffix}",
+            "    if a is not b and (type(a) is not type(b) or a != b):",
+            f"        keys.append(head + {':' + f.suffix!r})",
+            f"        values.append(_encode[{index}](a) or '')",
+        ]
+    namespace: dict[str, Any] = {"_encode": tuple(f.encode for f in _FIELDS)}
+    exec("\n".join(lines), namespace)  # noqa: S102 - code built from the field names above
+    compiled: Callable[[Snapshot, Snapshot, str, list[str], list[str]], None]
+    compiled = namespace["changes"]
+    compiled.__doc__ = """Append the key and encoded value of each field ``new`` changes.
+
+    A field of the same type and an equal value encodes alike, and the old value was
+    checked when it was written, so only a change needs encoding (and checking). The
+    type test keeps ``True`` from passing for ``1``.
+    """
+    return compiled
+
+
+_changes = _compile_changes()
 
 _VERSION_EXPECTED: Final = "a non-negative integer (the fencing version)"
 
 
 # --- the scripts --------------------------------------------------------------------
 
-# KEYS: the field keys, then version. Returns {0, value...} or, for a key of the
-# wrong type, {index, type}. MGET answers nil for a key of another type, so the
+# KEYS: the field keys, version, last_commit. Returns {0, value...} or, for a key of
+# the wrong type, {index, type}. MGET answers nil for a key of another type, so the
 # absent ones are asked once more (EXISTS): a list is not "no value".
 _LOAD = """
 local values = redis.call('MGET', unpack(KEYS))
@@ -291,38 +330,51 @@ table.insert(values, 1, 0)
 return values
 """
 
-# KEYS: the field keys, version, last_commit, login_lock.
-# ARGV: expected version, lock token ('' for none), commit id, one value per field
-# ('' deletes the key: no field is ever stored empty), then '1' to release the lock
-# in the same write (a login's result and the lock's release in one round trip).
+# KEYS: version, last_commit, login_lock, then the keys of the fields to write.
+# ARGV: expected version, the version this write makes, lock token ('' for none),
+# commit id, '1' to release the lock in the same write (a login's result and the
+# lock's release in one round trip), the commit id the write builds on ('' for a
+# whole write), then one value per field key ('' deletes the key: no field is ever
+# stored empty).
+# A whole write names every field; a change names only the fields that differ from
+# the state made by the commit it builds on, and is refused ({-5}, nothing written)
+# unless that commit is the one stored, so a change is never laid over another state.
 # Returns {0, new version}, {-1} lock lost, {-2, index, type} wrong type,
-# {-3, raw} corrupt version, {-4, raw or nil} version mismatch.
+# {-3, raw} corrupt version, {-4, raw or nil} version mismatch, {-5} other base.
+# Each command a script runs costs Redis about as much as a small one sent by a
+# client, so the usual path is one MGET and one MSET (and a DEL when a key goes):
+# MGET reads a key of another type as nil, which the rare paths then look into.
 _COMMIT = """
-local n = #KEYS - 3
-local vkey, ckey, lkey = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
-if ARGV[2] ~= '' then
-  local held = redis.pcall('GET', lkey)
-  if type(held) == 'table' then return {-2, n + 3, redis.call('TYPE', lkey)['ok']} end
-  if held ~= ARGV[2] then return {-1} end
+local vkey, ckey, lkey = KEYS[1], KEYS[2], KEYS[3]
+local got = redis.call('MGET', vkey, ckey, lkey)
+local raw, made, held = got[1], got[2], got[3]
+local function wrong(i)
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' then return {-2, i, t} end
 end
-local raw = redis.pcall('GET', vkey)
-if type(raw) == 'table' then return {-2, n + 1, redis.call('TYPE', vkey)['ok']} end
 local found = 0
 if raw then
   if not string.match(raw, '^%d+$') then return {-3, raw} end
   found = tonumber(raw)
+else
+  local bad = wrong(1)
+  if bad then return bad end
 end
 local expected = tonumber(ARGV[1])
-if found ~= expected then
-  if found == expected + 1 and redis.pcall('GET', ckey) == ARGV[3] then
-    return {0, found}
+-- This very write, sent again after its reply was lost: answer as the first try
+-- did, even though the lock it released is gone by now.
+if found == expected + 1 and made == ARGV[4] then return {0, found} end
+if ARGV[3] ~= '' and held ~= ARGV[3] then
+  if not held then
+    local bad = wrong(3)
+    if bad then return bad end
   end
-  return {-4, raw}
+  return {-1}
 end
--- One MSET and one DEL rather than a command per key: each command a script runs
--- costs Redis about as much as a small one sent by a client.
-local kv, gone = {ckey, ARGV[3]}, {}
-for i = 1, n do
+if found ~= expected then return {-4, raw} end
+if ARGV[6] ~= '' and made ~= ARGV[6] then return {-5} end
+local kv, gone = {vkey, ARGV[2], ckey, ARGV[4]}, {}
+for i = 4, #KEYS do
   local v = ARGV[i + 3]
   if v == '' then
     gone[#gone + 1] = KEYS[i]
@@ -331,10 +383,87 @@ for i = 1, n do
     kv[#kv + 1] = v
   end
 end
-if ARGV[2] ~= '' and ARGV[n + 4] == '1' then gone[#gone + 1] = lkey end
+if ARGV[3] ~= '' and ARGV[5] == '1' then gone[#gone + 1] = lkey end
 redis.call('MSET', unpack(kv))
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
-return {0, redis.call('INCR', vkey)}
+return {0, tonumber(ARGV[2])}
+"""
+
+# The commits of many instances in one script: what _COMMIT does for one, item by
+# item, each checked and answered on its own (a refused item changes nothing and
+# does not hold up the others). Redis pays for starting a script and for each
+# command it runs about as much as for a small command from a client; one script
+# per hundred instances, one MGET for all their versions, commit ids and locks and
+# one MSET for all their writes spend that once rather than per instance.
+# KEYS: per item, the item's _COMMIT keys. ARGV: per item, the number of field
+# keys it names, then its _COMMIT arguments. An instance appears once per call (the
+# client starts another call for a second commit of it), so the writes of different
+# items never touch the same key and their order does not matter.
+# Returns one _COMMIT answer per item.
+_COMMIT_MANY = """
+local starts, heads = {}, {}
+local k, a, n = 1, 1, 0
+while a <= #ARGV do
+  n = n + 1
+  starts[n] = k
+  starts[-n] = a + 1
+  heads[#heads + 1] = KEYS[k]
+  heads[#heads + 1] = KEYS[k + 1]
+  heads[#heads + 1] = KEYS[k + 2]
+  local fields = tonumber(ARGV[a])
+  k = k + 3 + fields
+  a = a + 7 + fields
+end
+local got = redis.call('MGET', unpack(heads))
+local out, kv, gone = {}, {}, {}
+local function wrong(key, index)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' then return {-2, index, t} end
+end
+for i = 1, n do
+  local k, a = starts[i], starts[-i]
+  local raw, made, held = got[3 * i - 2], got[3 * i - 1], got[3 * i]
+  local last = (starts[i + 1] or (#KEYS + 1)) - 1
+  local answer
+  local found = 0
+  if raw then
+    if string.match(raw, '^%d+$') then found = tonumber(raw) else answer = {-3, raw} end
+  else
+    answer = wrong(KEYS[k], 1)
+  end
+  if not answer then
+    local expected = tonumber(ARGV[a])
+    if found == expected + 1 and made == ARGV[a + 3] then
+      answer = {0, found}
+    elseif ARGV[a + 2] ~= '' and held ~= ARGV[a + 2] then
+      answer = (not held and wrong(KEYS[k + 2], 3)) or {-1}
+    elseif found ~= expected then
+      answer = {-4, raw}
+    elseif ARGV[a + 5] ~= '' and made ~= ARGV[a + 5] then
+      answer = {-5}
+    else
+      kv[#kv + 1] = KEYS[k]
+      kv[#kv + 1] = ARGV[a + 1]
+      kv[#kv + 1] = KEYS[k + 1]
+      kv[#kv + 1] = ARGV[a + 3]
+      for j = k + 3, last do
+        local v = ARGV[a + 6 + j - k - 3]
+        if v == '' then
+          gone[#gone + 1] = KEYS[j]
+        else
+          kv[#kv + 1] = KEYS[j]
+          kv[#kv + 1] = v
+        end
+      end
+      if ARGV[a + 2] ~= '' and ARGV[a + 4] == '1' then gone[#gone + 1] = KEYS[k + 2] end
+      answer = {0, tonumber(ARGV[a + 1])}
+    end
+  end
+  out[i] = answer
+end
+if #kv > 0 then redis.call('MSET', unpack(kv)) end
+if #gone > 0 then redis.call('DEL', unpack(gone)) end
+return out
 """
 
 # KEYS: login_lock. ARGV: token, ttl in ms. Returns 1 taken, 0 held by another,
@@ -346,6 +475,29 @@ local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'string' then return t end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 return 0
+"""
+
+# _ACQUIRE for many instances in one script (the logins a fleet runs together).
+# KEYS: their login_lock keys, each once. ARGV: ttl in ms, then one token per key.
+# Returns one _ACQUIRE answer per key.
+_ACQUIRE_MANY = """
+local out = {}
+for i = 1, #KEYS do
+  local key, token = KEYS[i], ARGV[i + 1]
+  if redis.call('SET', key, token, 'NX', 'PX', ARGV[1]) then
+    out[i] = 1
+  else
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'string' then
+      out[i] = t
+    elseif redis.call('GET', key) == token then
+      out[i] = 1
+    else
+      out[i] = 0
+    end
+  end
+end
+return out
 """
 
 # KEYS: login_lock. ARGV: token. Deletes only our own token (compare-and-delete).
@@ -405,11 +557,37 @@ def _text(raw: object) -> str | None:
     raise TypeError(f"unexpected reply from Redis: {raw!r}")
 
 
+def _ttl_millis(ttl: object) -> int:
+    """A lock's TTL in whole milliseconds (at least one), checked."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"lock ttl must be a number of seconds, not {ttl!r}")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"lock ttl must be a finite number of seconds > 0, not {ttl!r}")
+    return max(1, math.ceil(ttl * 1000))
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 # --- the store ----------------------------------------------------------------------
+
+
+@attrs.define
+class _Call:
+    """One commit as sent: what ``_committed`` needs to read the script's answer.
+
+    Not frozen only because a frozen attrs class sets each field through
+    ``object.__setattr__``: one is built per commit, and nothing changes it.
+    """
+
+    instance_id: str
+    snapshot: Snapshot
+    expected_version: int
+    lock: LockToken | None
+    commit_id: str
+    keys: list[str]
+    args: list[str]
 
 
 class RedisStateStore:
@@ -421,7 +599,18 @@ class RedisStateStore:
     host's: its timeouts and retries apply, and the store never closes it.
     """
 
-    __slots__ = ("_acquire", "_client", "_cluster", "_commit", "_load", "_prefix", "_release")
+    __slots__ = (
+        "_acquire",
+        "_acquire_many",
+        "_client",
+        "_cluster",
+        "_commit",
+        "_commit_many",
+        "_known",
+        "_load",
+        "_prefix",
+        "_release",
+    )
 
     def __init__(
         self,
@@ -451,8 +640,17 @@ class RedisStateStore:
         self._cluster = cluster
         self._load: Script = client.register_script(_LOAD)
         self._commit: Script = client.register_script(_COMMIT)
+        self._commit_many: Script = client.register_script(_COMMIT_MANY)
         self._acquire: Script = client.register_script(_ACQUIRE)
+        self._acquire_many: Script = client.register_script(_ACQUIRE_MANY)
         self._release: Script = client.register_script(_RELEASE)
+        # What this store last wrote or read of each instance: (version, the id of
+        # the commit that made it, the snapshot). A commit from that version then
+        # sends only the fields that changed, which spares most of a commit's bytes
+        # and of the script's work; the script still checks that id (a ``{-5}``
+        # refusal) so a change is never applied to a state this store did not see.
+        # One entry per instance driven here, holding the Lifecycle's own snapshot.
+        self._known: dict[str, tuple[int, str, Snapshot]] = {}
 
     def __repr__(self) -> str:
         # Never the client: its connection arguments may carry a password.
@@ -480,7 +678,7 @@ class RedisStateStore:
         check_instance_id(instance_id)
         keys = self._keys(instance_id)
         with _reaching(instance_id):
-            reply = self._load(keys=keys[: _N + 1])
+            reply = self._load(keys=keys[:_LOADED])
         return self._decode(instance_id, keys, reply)
 
     def load_many(self, instance_ids: Iterable[str]) -> dict[str, Stored]:
@@ -495,7 +693,7 @@ class RedisStateStore:
             chunk = wanted[start : start + BATCH]
             keys = [self._keys(i) for i in chunk]
             with _reaching(None):
-                replies = self._pipelined(self._load, [(k[: _N + 1], []) for k in keys])
+                replies = self._pipelined(self._load, [(k[:_LOADED], []) for k in keys])
             for instance_id, instance_keys, reply in zip(chunk, keys, replies, strict=True):
                 if isinstance(reply, Exception):
                     if isinstance(reply, _transient()):
@@ -556,10 +754,20 @@ class RedisStateStore:
         write from the old version is refused and the writer reloads.
         """
         check_instance_id(instance_id)
-        keys, args = self._commit_call(instance_id, snapshot, expected_version, lock)
-        with _reaching(instance_id):
-            reply = self._commit(keys=keys, args=args)
-        return self._committed(instance_id, keys, expected_version, reply)
+        call = self._commit_call(instance_id, snapshot, expected_version, lock)
+        # No ``_reaching`` here: a generator context manager costs a microsecond, on
+        # the one call every transition makes.
+        try:
+            reply = self._commit(keys=call.keys, args=call.args)
+            if reply[0] == _OTHER_BASE:
+                call = self._commit_call(instance_id, snapshot, expected_version, lock, whole=True)
+                reply = self._commit(keys=call.keys, args=call.args)
+            return self._committed(call, reply)
+        except BaseException as exc:
+            self._known.pop(instance_id, None)
+            if isinstance(exc, _transient()):
+                raise _unavailable(exc, instance_id) from exc
+            raise
 
     def commit_many(self, items: Iterable[PendingCommit]) -> list[int | Exception]:
         """Several instances' commits, pipelined ``BATCH`` at a time.
@@ -573,32 +781,105 @@ class RedisStateStore:
         raises ``StoreUnavailable`` for the call: any of its items may have landed,
         each whole or not at all, so the caller reloads before deciding again.
         """
-        calls: list[tuple[str, int, list[str], list[str]]] = []
+        calls: list[_Call] = []
         for item in items:
             instance_id, snapshot, expected_version, lock = item
             check_instance_id(instance_id)
-            keys, args = self._commit_call(instance_id, snapshot, expected_version, lock)
-            calls.append((instance_id, expected_version, keys, args))
+            calls.append(self._commit_call(instance_id, snapshot, expected_version, lock))
         results: list[int | Exception] = []
         for start in range(0, len(calls), BATCH):
             chunk = calls[start : start + BATCH]
-            with _reaching(None):
-                replies = self._pipelined(self._commit, [(c[2], c[3]) for c in chunk])
-            for (instance_id, expected_version, keys, _), reply in zip(chunk, replies, strict=True):
+            try:
+                replies = self._commit_pipelined(chunk)
+            except BaseException:
+                for call in chunk:
+                    self._known.pop(call.instance_id, None)
+                raise
+            for call, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, Exception):
+                    self._known.pop(call.instance_id, None)
                     transient = isinstance(reply, _transient())
-                    results.append(_unavailable(reply, instance_id) if transient else reply)
+                    results.append(_unavailable(reply, call.instance_id) if transient else reply)
                     continue
                 try:
-                    results.append(self._committed(instance_id, keys, expected_version, reply))
+                    results.append(self._committed(call, reply))
                 except LifecycleError as exc:
+                    self._known.pop(call.instance_id, None)
                     results.append(exc)
         return results
+
+    def _commit_pipelined(self, chunk: list[_Call]) -> list[Any]:
+        """One pipeline of commits; the rare change refused for its base goes again whole."""
+        with _reaching(None):
+            replies = self._send_commits(chunk)
+        again = [
+            i
+            for i, reply in enumerate(replies)
+            if not isinstance(reply, Exception) and reply[0] == _OTHER_BASE
+        ]
+        if again:
+            whole = [
+                self._commit_call(
+                    chunk[i].instance_id,
+                    chunk[i].snapshot,
+                    chunk[i].expected_version,
+                    chunk[i].lock,
+                    whole=True,
+                )
+                for i in again
+            ]
+            try:
+                with _reaching(None):
+                    retried = self._send_commits(whole)
+            except StoreUnavailable as exc:
+                # The replies in hand stand; only the resent writes are in doubt.
+                retried = [exc] * len(whole)
+            for i, call, reply in zip(again, whole, retried, strict=True):
+                chunk[i] = call
+                replies[i] = reply
+        return replies
+
+    def _send_commits(self, calls: list[_Call]) -> list[Any]:
+        """Each call's script answer (or the exception that stopped it), in order.
+
+        On a cluster every instance has its own slot: one ``_COMMIT`` per call. Else
+        the calls go ``GROUP`` to a ``_COMMIT_MANY``; a second commit of an instance
+        already in the group starts the next group, so that it runs after the first.
+        """
+        if self._cluster:
+            return self._pipelined(self._commit, [(c.keys, c.args) for c in calls])
+        groups: list[tuple[list[str], list[str]]] = []
+        sizes: list[int] = []
+        members: set[str] = set()
+        keys: list[str] = []
+        args: list[str] = []
+        for call in calls:
+            if len(members) == GROUP or call.instance_id in members:
+                groups.append((keys, args))
+                sizes.append(len(members))
+                members, keys, args = set(), [], []
+            members.add(call.instance_id)
+            keys += call.keys
+            args.append(str(len(call.keys) - 3))
+            args += call.args
+        if members:
+            groups.append((keys, args))
+            sizes.append(len(members))
+        replies: list[Any] = []
+        for size, reply in zip(sizes, self._pipelined(self._commit_many, groups), strict=True):
+            if isinstance(reply, Exception):
+                replies += [reply] * size
+            elif len(reply) != size:
+                raise TypeError(f"the commit script answered {len(reply)} items, not {size}")
+            else:
+                replies += reply
+        return replies
 
     def delete(self, instance_id: str) -> None:
         """Remove every key of the instance, the lock included, in one ``DEL``."""
         check_instance_id(instance_id)
         keys = self._keys(instance_id)
+        self._known.pop(instance_id, None)
         with _reaching(instance_id):
             self._client.delete(*keys)
 
@@ -607,19 +888,86 @@ class RedisStateStore:
     def acquire_lock(self, instance_id: str, ttl: float) -> LockToken | None:
         """``SET NX PX`` with a fresh token; ``None`` when another holds the lock."""
         check_instance_id(instance_id)
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-            raise TypeError(f"lock ttl must be a number of seconds, not {ttl!r}")
-        if not math.isfinite(ttl) or ttl <= 0:
-            raise ValueError(f"lock ttl must be a finite number of seconds > 0, not {ttl!r}")
-        token = uuid.uuid4().hex
+        millis = _ttl_millis(ttl)
+        # Unique is all a token must be (the records' cheap ids: a random
+        # per-process prefix and a counter); a uuid4 costs a system call each.
+        token = new_record_id()
         key = f"{self._base(instance_id)}:{_LOCK}"
         with _reaching(instance_id):
-            reply = self._acquire(keys=[key], args=[token, max(1, math.ceil(ttl * 1000))])
+            reply = self._acquire(keys=[key], args=[token, millis])
         if reply == 1:
             return LockToken(instance_id, token)
         if reply == 0:
             return None
         raise self._wrong_type(instance_id, key, reply)
+
+    def acquire_many(
+        self, instance_ids: Sequence[str], ttl: float
+    ) -> list[LockToken | Exception | None]:
+        """``acquire_lock`` for many instances, pipelined ``BATCH`` at a time.
+
+        Each answer is the lock, ``None`` when another holds it, or the error
+        ``acquire_lock`` would have raised for that id (``CorruptState``,
+        ``StoreUnavailable``). Bad input raises before anything is sent. Redis
+        unreachable from the start raises ``StoreUnavailable``; lost after some
+        pipelines, the ids not yet answered get it, and the locks taken stand.
+        """
+        ids = [check_instance_id(i) for i in instance_ids]
+        millis = str(_ttl_millis(ttl))
+        keys = [self._base(i) + _LOCK_TAIL for i in ids]
+        tokens = [new_record_id() for _ in ids]
+        replies: list[Any] = []
+        if self._cluster:  # each instance's lock in its own slot: a call each
+            calls = [([k], [t, millis]) for k, t in zip(keys, tokens, strict=True)]
+            for start in range(0, len(calls), BATCH):
+                part = calls[start : start + BATCH]
+                try:
+                    with _reaching(None):
+                        replies += self._pipelined(self._acquire, part)
+                except StoreUnavailable as exc:
+                    if not replies:
+                        raise
+                    # The locks taken by the pipelines before stand, with their tokens.
+                    replies += [exc] * len(part)
+        else:
+            groups: list[tuple[list[str], list[str]]] = []
+            start = 0
+            while start < len(ids):
+                # An id twice in one call would find its own first token held.
+                end, seen = start, set()
+                while end < len(ids) and end - start < GROUP and ids[end] not in seen:
+                    seen.add(ids[end])
+                    end += 1
+                groups.append((keys[start:end], [millis, *tokens[start:end]]))
+                start = end
+            per_pipeline = BATCH // GROUP
+            for offset in range(0, len(groups), per_pipeline):
+                part = groups[offset : offset + per_pipeline]
+                try:
+                    with _reaching(None):
+                        answered = self._pipelined(self._acquire_many, part)
+                except StoreUnavailable as exc:
+                    if not replies:
+                        raise
+                    # The locks taken by the pipelines before stand, with their tokens.
+                    answered = [exc] * len(part)
+                for (group_keys, _), reply in zip(part, answered, strict=True):
+                    if isinstance(reply, Exception):
+                        replies += [reply] * len(group_keys)
+                    else:
+                        replies += reply
+        out: list[LockToken | Exception | None] = []
+        for instance_id, key, token, reply in zip(ids, keys, tokens, replies, strict=True):
+            if reply == 1:
+                out.append(LockToken(instance_id, token))
+            elif reply == 0:
+                out.append(None)
+            elif isinstance(reply, Exception):
+                transient = isinstance(reply, _transient())
+                out.append(_unavailable(reply, instance_id) if transient else reply)
+            else:
+                out.append(self._wrong_type(instance_id, key, reply))
+        return out
 
     def release_lock(self, lock: LockToken) -> None:
         """Delete the lock if it still holds this token; otherwise do nothing."""
@@ -649,7 +997,9 @@ class RedisStateStore:
         snapshot: Snapshot,
         expected_version: int,
         lock: LockToken | None,
-    ) -> tuple[list[str], list[str]]:
+        *,
+        whole: bool = False,
+    ) -> _Call:
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"commit takes a Snapshot, not {snapshot!r}")
         if (
@@ -672,28 +1022,48 @@ class RedisStateStore:
             if not isinstance(lock.token, str) or not lock.token:
                 raise ValueError("a LockToken's token must be a non-empty string")
             token = lock.token
-        values = [f.encode(getattr(snapshot, f.suffix)) or "" for f in _FIELDS]
-        release = "1" if lock is not None and lock.release_on_commit else "0"
+        head = self._base(instance_id)
+        keys = [head + _VERSION_TAIL, head + _LAST_COMMIT_TAIL, head + _LOCK_TAIL]
         # The commit id only has to be unique: the records' cheap minting (a random
         # per-process prefix and a counter) spares an os.urandom call per commit,
         # which under a worker pool costs a GIL hand-off each time.
-        args = [str(expected_version), token, new_record_id(), *values, release]
-        return self._keys(instance_id), args
+        commit_id = new_record_id()
+        release = "1" if lock is not None and lock.release_on_commit else "0"
+        known = None if whole else self._known.get(instance_id)
+        base = ""
+        values: list[str] = []
+        if known is not None and known[0] == expected_version:
+            _, base, previous = known
+            _changes(snapshot, previous, head, keys, values)
+        else:
+            keys += [head + ":" + name for name in _FIELD_NAMES]
+            values = [f.encode(getattr(snapshot, f.suffix)) or "" for f in _FIELDS]
+        args = [
+            str(expected_version),
+            str(expected_version + 1),
+            token,
+            commit_id,
+            release,
+            base,
+            *values,
+        ]
+        return _Call(instance_id, snapshot, expected_version, lock, commit_id, keys, args)
 
-    def _committed(
-        self, instance_id: str, keys: Sequence[str], expected_version: int, reply: Any
-    ) -> int:
+    def _committed(self, call: _Call, reply: Any) -> int:
         code = reply[0]
         if code == 0:
-            return int(reply[1])
+            version = int(reply[1])
+            self._known[call.instance_id] = (version, call.commit_id, call.snapshot)
+            return version
+        instance_id = call.instance_id
         if code == -1:
             raise LockLost(instance_id=instance_id)
         if code == -2:
-            raise self._wrong_type(instance_id, keys[int(reply[1]) - 1], reply[2])
+            raise self._wrong_type(instance_id, call.keys[int(reply[1]) - 1], reply[2])
         if code == -3:
             raise CorruptState(
                 instance_id=instance_id,
-                key=keys[_N],
+                key=call.keys[0],
                 value=_text(reply[1]),
                 expected=_VERSION_EXPECTED,
             )
@@ -701,19 +1071,21 @@ class RedisStateStore:
             found = _text(reply[1]) if len(reply) > 1 else None
             raise ConcurrentUpdate(
                 instance_id=instance_id,
-                expected_version=expected_version,
+                expected_version=call.expected_version,
                 found_version=None if found is None else int(found),
             )
         raise TypeError(f"unexpected reply from the commit script: {reply!r}")
 
     def _decode(self, instance_id: str, keys: Sequence[str], reply: Any) -> Stored | None:
+        """The stored state, checked; it becomes what the next commit builds on."""
+        self._known.pop(instance_id, None)
         if reply[0] != 0:
             raise self._wrong_type(instance_id, keys[int(reply[0]) - 1], reply[1])
         raw = list(reply[1:])
         # Lua drops trailing nils from a table: absent last keys come back short.
-        raw += [None] * (_N + 1 - len(raw))
+        raw += [None] * (_LOADED - len(raw))
         texts: list[str | None] = []
-        for key, value in zip(keys[: _N + 1], raw, strict=True):
+        for key, value in zip(keys[:_LOADED], raw, strict=True):
             try:
                 texts.append(_text(value))
             except UnicodeDecodeError:
@@ -755,7 +1127,11 @@ class RedisStateStore:
                     expected=_VERSION_EXPECTED,
                 )
             version = int(version_text)
-        return Stored(Snapshot(**fields), version)
+        snapshot = Snapshot(**fields)
+        made_by = texts[_N + 1]
+        if made_by is not None:
+            self._known[instance_id] = (version, made_by, snapshot)
+        return Stored(snapshot, version)
 
     def _wrong_type(self, instance_id: str, key: str, kind: object) -> CorruptState:
         name = _text(kind) or "value"

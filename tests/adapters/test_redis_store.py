@@ -360,19 +360,144 @@ def test_a_deleted_instance_is_not_brought_back_by_a_stale_writer(
     assert dump(raw, prefix, "acct-1") == {}
 
 
+def sent_fields(
+    store: RedisStateStore, instance_id: str, snapshot: Snapshot, version: int
+) -> set[str]:
+    """The field keys a commit of ``snapshot`` would send, by suffix."""
+    call = store._commit_call(instance_id, snapshot, version, None)
+    return {key.rsplit(":", 1)[1] for key in call.keys[3:]}
+
+
+def whole(raw: redis.Redis, prefix: str, instance_id: str) -> dict[str, str]:
+    """The instance's field keys, without the version, commit id and lock."""
+    stored = dump(raw, prefix, instance_id)
+    return {k: v for k, v in stored.items() if k not in ("version", "last_commit", "login_lock")}
+
+
+def test_a_commit_from_a_known_state_sends_only_what_changed(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    assert sent_fields(store, "acct-1", EXAMPLE, 0) == set(SPEC_KEYS + OWN_KEYS[:7])
+    store.commit("acct-1", EXAMPLE, expected_version=0)
+    changed = attrs.evolve(EXAMPLE, login_attempt_count=3, next_due=None)
+
+    assert sent_fields(store, "acct-1", changed, 1) == {"login_attempt_count", "next_due"}
+    # From a version it does not know the store writes every field.
+    assert len(sent_fields(store, "acct-1", changed, 7)) == 13
+    store.commit("acct-1", changed, expected_version=1)
+
+    assert whole(raw, prefix, "acct-1") == spec_values(changed)
+    assert store.load("acct-1") == Stored(changed, 2)
+
+
+def test_a_store_builds_on_what_it_loaded(
+    client: redis.Redis, store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.commit("acct-1", EXAMPLE, expected_version=0)
+    restarted = RedisStateStore(client, prefix=prefix)
+    changed = attrs.evolve(EXAMPLE, status=State.CONNECTED, due=None)
+    assert len(sent_fields(restarted, "acct-1", changed, 1)) == 13
+
+    assert restarted.load("acct-1") == Stored(EXAMPLE, 1)
+    assert sent_fields(restarted, "acct-1", changed, 1) == {"status", "due"}
+    assert restarted.commit("acct-1", changed, expected_version=1) == 2
+    assert whole(raw, prefix, "acct-1") == spec_values(changed)
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["commit", "commit_many"])
+def test_a_change_is_never_laid_over_a_state_it_did_not_build_on(
+    client: redis.Redis, store: RedisStateStore, raw: redis.Redis, prefix: str, many: bool
+) -> None:
+    # Another writer deletes the instance and writes it anew up to the same version
+    # number: the version alone cannot tell the two states apart, so a change to the
+    # first must not be applied to the second. The store then writes every field.
+    store.commit("acct-1", EXAMPLE, expected_version=0)
+    other = RedisStateStore(client, prefix=prefix)
+    other.delete("acct-1")
+    assert (
+        other.commit("acct-1", Snapshot(status=State.INACTIVE, restart_count=9), expected_version=0)
+        == 1
+    )
+    changed = attrs.evolve(EXAMPLE, login_attempt_count=3)
+    assert sent_fields(store, "acct-1", changed, 1) == {"login_attempt_count"}
+
+    if many:
+        assert store.commit_many([("acct-1", changed, 1, None)]) == [2]
+    else:
+        assert store.commit("acct-1", changed, expected_version=1) == 2
+
+    assert whole(raw, prefix, "acct-1") == spec_values(changed)
+    assert store.load("acct-1") == Stored(changed, 2)
+
+
+def test_an_unchanged_value_of_another_type_is_still_checked(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.commit("acct-1", EXAMPLE, expected_version=0)  # restart_count=1
+    before = dump(raw, prefix, "acct-1")
+
+    with pytest.raises(ValueError, match="restart_count"):
+        store.commit("acct-1", attrs.evolve(EXAMPLE, restart_count=True), expected_version=1)
+
+    assert dump(raw, prefix, "acct-1") == before
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.tuples(snapshots, st.booleans()), min_size=1, max_size=8))
+def test_two_stores_taking_turns_always_leave_the_last_snapshot_whole(
+    client: redis.Redis, raw: redis.Redis, prefix: str, steps: list[tuple[Snapshot, bool]]
+) -> None:
+    stores = (RedisStateStore(client, prefix=prefix), RedisStateStore(client, prefix=prefix))
+    instance_id = uuid.uuid4().hex
+    versions = [0, 0]
+    try:
+        for snapshot, second in steps:
+            writer = int(second)
+            try:
+                versions[writer] = stores[writer].commit(
+                    instance_id, snapshot, expected_version=versions[writer]
+                )
+            except ConcurrentUpdate:
+                stored = stores[writer].load(instance_id)
+                assert stored is not None
+                versions[writer] = stores[writer].commit(
+                    instance_id, snapshot, expected_version=stored.version
+                )
+            assert whole(raw, prefix, instance_id) == spec_values(snapshot)
+    finally:
+        stores[0].delete(instance_id)
+
+
 def test_a_commit_retried_by_the_client_is_recognised_as_its_own(
     store: RedisStateStore,
 ) -> None:
     # What redis-py does after a timeout whose command had in fact run: it sends the
     # very same EVALSHA again. The script must answer as the first try did.
-    keys, args = store._commit_call("acct-1", EXAMPLE, 0, None)
-    first = store._committed("acct-1", keys, 0, store._commit(keys=keys, args=args))
-    again = store._committed("acct-1", keys, 0, store._commit(keys=keys, args=args))
+    call = store._commit_call("acct-1", EXAMPLE, 0, None)
+    first = store._committed(call, store._commit(keys=call.keys, args=call.args))
+    again = store._committed(call, store._commit(keys=call.keys, args=call.args))
 
     assert first == again == 1
     # A different write from the same stale version is still refused.
     with pytest.raises(ConcurrentUpdate):
         store.commit("acct-1", EXAMPLE, expected_version=0)
+
+
+def test_a_retried_commit_that_released_its_lock_is_still_its_own(
+    store: RedisStateStore,
+) -> None:
+    # A login's result gives the lock back in the same write; when its reply is lost
+    # and the client sends it again, the lock is gone, yet the write is this one.
+    lock = store.acquire_lock("acct-1", 5.0)
+    assert lock is not None
+    call = store._commit_call("acct-1", EXAMPLE, 0, attrs.evolve(lock, release_on_commit=True))
+    first = store._committed(call, store._commit(keys=call.keys, args=call.args))
+    again = store._committed(call, store._commit(keys=call.keys, args=call.args))
+
+    assert first == again == 1
+    assert store.acquire_lock("acct-1", 5.0) is not None
 
 
 def test_delete_removes_every_key_and_is_idempotent(
@@ -554,6 +679,57 @@ def test_a_held_lock_blocks_a_second_acquire(
     second = store.acquire_lock("acct-1", 30.0)
     assert second is not None
     assert second.token != first.token
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["plain", "cluster keys"])
+def test_acquire_many_takes_each_free_lock_once(
+    client: redis.Redis, raw: redis.Redis, prefix: str, cluster: bool
+) -> None:
+    store = RedisStateStore(client, prefix=prefix, cluster=cluster)
+    held = store.acquire_lock("acct-2", 30.0)
+    assert held is not None
+    ids = [f"acct-{n}" for n in range(250)] + ["acct-1"]  # acct-1 asked twice
+
+    locks = store.acquire_many(ids, 30.0)
+
+    assert locks[2] is None
+    assert locks[-1] is None  # the first acct-1 took it
+    taken = [lock for lock in locks if isinstance(lock, LockToken)]
+    assert [lock.instance_id for lock in taken] == [i for i in ids[:250] if i != "acct-2"]
+    assert len({lock.token for lock in taken}) == len(taken)
+    for lock in taken[:3]:
+        key = store.key(lock.instance_id, "login_lock")
+        assert raw.get(key) == lock.token
+        assert 29_000 < raw.pttl(key) <= 30_000
+    # Each is a lock like any other: it guards a commit and is released.
+    assert store.commit("acct-0", EXAMPLE, expected_version=0, lock=taken[0]) == 1
+    store.release_lock(taken[0])
+    assert store.acquire_lock("acct-0", 1.0) is not None
+    assert store.acquire_many([], 1.0) == []
+
+
+def test_acquire_many_names_a_lock_of_the_wrong_type_and_takes_the_others(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    raw.sadd(f"{prefix}:acct-1:login_lock", "token")
+
+    first, second = store.acquire_many(["acct-1", "acct-2"], 1.0)
+
+    assert isinstance(first, CorruptState)
+    assert first.key == f"{prefix}:acct-1:login_lock"
+    assert isinstance(second, LockToken)
+
+
+@pytest.mark.parametrize(
+    ("ids", "ttl", "error"),
+    [(["ok", "not ok"], 1.0, InvalidInstanceId), (["ok"], 0, ValueError), (["ok"], "1", TypeError)],
+)
+def test_acquire_many_refuses_bad_input_before_any_io(
+    store: RedisStateStore, raw: redis.Redis, prefix: str, ids: list[str], ttl: Any, error: type
+) -> None:
+    with pytest.raises(error):
+        store.acquire_many(ids, ttl)
+    assert raw.exists(f"{prefix}:ok:login_lock") == 0
 
 
 def test_a_commit_under_the_lock_needs_the_lock(store: RedisStateStore) -> None:
@@ -826,6 +1002,7 @@ def test_an_unreachable_redis_is_store_unavailable_everywhere() -> None:
         lambda: store.commit_many([("acct-1", EXAMPLE, 0, None)]),
         lambda: store.delete("acct-1"),
         lambda: store.acquire_lock("acct-1", 1.0),
+        lambda: store.acquire_many(["acct-1"], 1.0),
         lambda: store.release_lock(LockToken("acct-1", "t")),
     ]
     for call in calls:

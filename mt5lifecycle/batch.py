@@ -1,0 +1,336 @@
+"""One pass over the instances due together: their writes in ``commit_many`` calls.
+
+Why: a ``Lifecycle`` writes each transition as it decides it, one round trip each.
+A ``Fleet`` with hundreds of instances due at once (the connection checks of a
+whole fleet, the logins after a broker's outage) would spend its time waiting on
+those round trips, or, with a worker pool, handing them between threads. Here the
+common due steps go through the pool in chunks, and each chunk works through its
+instances a slice (``SLICE``) at a time:
+
+1. a slice of logins takes its login locks in one round trip, just before logging
+   in; a login whose lock has grown old (a slow broker) is not started under it but
+   left to the one-by-one path, which takes a fresh lock;
+2. the terminals are asked (a connection check's ``status``; a login's credentials
+   and ``login``), and each answer's transition is decided with the clock read right
+   after it, as ``Lifecycle._apply`` does;
+3. the slice's transitions are written with one ``commit_many``, and each instance
+   finishes exactly as ``_apply`` would (log, archive, metrics, alerts, commands).
+
+Each write is still checked on its own (its version, its lock), so a stale instance
+is refused and reloaded without touching the others, and what is stored, when and in
+what order is what the instance-by-instance path stores. Chunks run on the pool's
+threads side by side, so one chunk's round trip overlaps another's work, and a slow
+terminal holds up its own chunk only. Anything else that is due (a restart, closing
+trades, a cleanup, a reconnect check whose terminal is still down and so needs a
+login) is left to the one-by-one path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from .errors import ConcurrentUpdate, LockLost, StoreUnavailable
+from .group_commit import BatchingStateStore
+from .lifecycle import Lifecycle
+from .machine import Decision, Facts
+from .ports import LockToken
+from .records import LoginResult
+from .states import Due, TerminalStatus
+
+__all__ = ["SLICE", "LockBatchingStore", "Step", "commit_together", "run_together"]
+
+log = logging.getLogger("mt5lifecycle.fleet")
+
+_STALE = (ConcurrentUpdate, LockLost)
+
+SLICE = 100
+"""Instances whose locks are taken, terminals asked and results written together:
+enough to share the round trips, few enough that a lock is young at its login."""
+
+
+@runtime_checkable
+class LockBatchingStore(Protocol):
+    """A state store that can take many login locks in one round trip."""
+
+    def acquire_many(
+        self, instance_ids: Sequence[str], ttl: float
+    ) -> list[LockToken | Exception | None]:
+        """Each id's lock, ``None`` when another holds it, or the error for that id."""
+        ...
+
+
+Step = tuple[Lifecycle, Decision, "LockToken | None", "LoginResult | None", float]
+"""A decided transition: its instance, the decision, its lock, a failed login's
+result, and the clock reading it was decided at."""
+
+Submit = Callable[[Callable[[], None]], "concurrent.futures.Future[None]"]
+"""Runs a task on the fleet's worker pool; a fleet of one worker runs it at once.
+
+Tasks append to a shared list only (``list.append`` is atomic), and no two tasks of
+one pass ever hold the same instance."""
+
+
+class _Work:
+    """One instance's due step on its way through a slice."""
+
+    __slots__ = ("event", "facts", "failure", "lifecycle", "lock", "now")
+
+    def __init__(self, lifecycle: Lifecycle, lock: LockToken | None = None) -> None:
+        self.lifecycle = lifecycle
+        self.lock = lock
+        self.event: str | None = None
+        self.facts: Facts | None = None
+        self.failure: LoginResult | None = None
+        self.now = 0.0
+
+
+def run_together(
+    due: Sequence[Lifecycle],
+    now: float,
+    store: BatchingStateStore,
+    submit: Submit,
+    chunk_size: int,
+) -> list[Lifecycle]:
+    """Run the due step of each instance that can go in a batch; return the others.
+
+    The returned instances still have their step due: the caller runs them one by
+    one. Every other instance has had its step (or its failure handled as
+    ``run_due`` would) by the time this returns.
+    """
+    checks: list[Lifecycle] = []
+    logins: list[Lifecycle] = []
+    rest: list[Lifecycle] = []
+    for lifecycle in due:
+        kind = _kind(lifecycle, now)
+        if kind is None:
+            rest.append(lifecycle)
+        elif kind is Due.LOGIN:
+            logins.append(lifecycle)
+        else:
+            checks.append(lifecycle)
+    tasks = [
+        _task(run, group[i : i + chunk_size], store, rest)
+        for run, group in ((_check_slice, checks), (_login_slice, logins))
+        for i in range(0, len(group), chunk_size)
+    ]
+    for future in [submit(task) for task in tasks]:
+        error = future.exception()
+        if error is not None:  # a bug, not a backend's or a broker's answer
+            log.error("a batch of due steps failed", exc_info=error)
+    return rest
+
+
+_Slice = Callable[[list[Lifecycle], BatchingStateStore, list[Lifecycle]], None]
+
+
+def _task(
+    run: _Slice, chunk: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]
+) -> Callable[[], None]:
+    def task() -> None:
+        for i in range(0, len(chunk), SLICE):
+            run(chunk[i : i + SLICE], store, rest)
+
+    return task
+
+
+def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
+    """``LOGIN`` or ``RECONNECT_CHECK`` (a connection check too) when batchable."""
+    if lifecycle._gone or lifecycle._snap is None:
+        return None
+    hold = lifecycle._hold_until
+    if hold is not None:
+        if hold > now:
+            return None
+        lifecycle._hold_until = None
+    snap = lifecycle._snap
+    if snap.due is not None and snap.next_due is not None and snap.next_due <= now:
+        return snap.due if snap.due in (Due.LOGIN, Due.RECONNECT_CHECK) else None
+    check = lifecycle._check_at
+    if check is not None and check <= now:
+        return Due.RECONNECT_CHECK
+    return None
+
+
+def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
+    """Connection and reconnect checks: ask each terminal, write what changed."""
+    work: list[_Work] = []
+    for lifecycle in slice_:
+        try:
+            status = lifecycle._terminal_status()
+            now = lifecycle.backends.clock.now()
+            snap = lifecycle._snap
+            if snap is not None and snap.due is Due.RECONNECT_CHECK:
+                if status is not TerminalStatus.CONNECTED:
+                    rest.append(lifecycle)  # still down: it needs a login, under its lock
+                    continue
+                event: str | None = "login_succeeded"
+            else:
+                event = lifecycle._checked(status, now)
+            if event is not None:
+                item = _Work(lifecycle)
+                item.event, item.now = event, now
+                work.append(item)
+        except Exception:
+            log.exception("instance %s: a due action failed", lifecycle.instance_id)
+    _write(work, store, rest)
+
+
+def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
+    """Logins: take the locks together, log in one by one, write the results together."""
+    clock = slice_[0].backends.clock
+    policy = slice_[0].policy
+    taken_at = clock.now()
+    work = _locked(slice_, taken_at, store)
+    try:
+        for item in work:
+            lifecycle = item.lifecycle
+            assert item.lock is not None
+            if clock.now() - taken_at > policy.lock_ttl / 2:
+                # The broker is slow: a login started now could outlive its lock.
+                _give_back(item)
+                rest.append(lifecycle)
+                continue
+            try:
+                item.event, item.facts, item.lock, item.failure = lifecycle._log_in(item.lock)
+                item.now = clock.now()
+            except StoreUnavailable as exc:  # the credential store is down
+                _give_back(item)
+                lifecycle._hold_off(exc, clock.now())
+            except Exception:
+                log.exception("instance %s: a due action failed", lifecycle.instance_id)
+                _give_back(item)
+        _write([item for item in work if item.event is not None], store, rest)
+    finally:
+        for item in work:
+            _give_back(item)  # any lock no write took back (an unexpected error)
+
+
+def _locked(logins: list[Lifecycle], now: float, store: BatchingStateStore) -> list[_Work]:
+    """The logins whose lock was taken; the others wait, as ``Lifecycle._login`` does."""
+    ids = [lifecycle.instance_id for lifecycle in logins]
+    ttl = logins[0].policy.lock_ttl
+    locks: Sequence[LockToken | Exception | None]
+    if isinstance(store, LockBatchingStore):
+        try:
+            locks = store.acquire_many(ids, ttl)
+        except StoreUnavailable as exc:
+            locks = [exc] * len(logins)
+    else:
+        locks = [_acquire(store, lifecycle) for lifecycle in logins]
+    work: list[_Work] = []
+    for lifecycle, lock in zip(logins, locks, strict=True):
+        if isinstance(lock, LockToken):
+            work.append(_Work(lifecycle, lock))
+            continue
+        try:
+            if isinstance(lock, Exception):
+                raise lock
+            # Another worker is logging this account in: never two logins at once.
+            policy = lifecycle.policy
+            lifecycle._hold_until = now + min(policy.transient_retry_delay, policy.lock_ttl)
+            lifecycle._reload()
+        except StoreUnavailable as exc:
+            lifecycle._hold_off(exc, now)
+        except Exception:
+            log.exception("instance %s: a due action failed", lifecycle.instance_id)
+    return work
+
+
+def _acquire(store: BatchingStateStore, lifecycle: Lifecycle) -> LockToken | Exception | None:
+    try:
+        return store.acquire_lock(lifecycle.instance_id, lifecycle.policy.lock_ttl)
+    except StoreUnavailable as exc:
+        return exc
+
+
+def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
+    """Decide each step, write them with one ``commit_many``, finish each."""
+    steps: list[Step] = []
+    decided: list[_Work] = []
+    for item in work:
+        lifecycle = item.lifecycle
+        assert item.event is not None
+        try:
+            facts = item.facts if item.facts is not None else lifecycle._facts()
+            decision = lifecycle._decide(item.event, facts, item.now)
+        except Exception:
+            log.exception("instance %s: a due action failed", lifecycle.instance_id)
+            _give_back(item)
+            continue
+        steps.append((lifecycle, decision, item.lock, item.failure, item.now))
+        decided.append(item)
+    if not steps:
+        return
+    errors = commit_together(steps, store)
+    for item, error in zip(decided, errors, strict=True):
+        lifecycle = item.lifecycle
+        try:
+            if error is not None:
+                _give_back(item)
+                if isinstance(error, _STALE):
+                    # Another writer moved the instance on: take in what it wrote.
+                    lifecycle._reload()
+                elif isinstance(error, StoreUnavailable):
+                    lifecycle._hold_off(error, item.now)
+                else:
+                    raise error
+                continue
+            lock, item.lock = item.lock, None
+            if lock is not None and not lock.release_on_commit:
+                lifecycle._release(lock)  # credentials missing: nothing was tried
+            due = lifecycle.next_due
+            if due is not None and due <= lifecycle.backends.clock.now():
+                rest.append(lifecycle)  # more is due at once: the one-by-one path goes on
+        except StoreUnavailable as exc:
+            lifecycle._hold_off(exc, item.now)
+        except Exception:
+            log.exception("instance %s: a due action failed", lifecycle.instance_id)
+
+
+def commit_together(steps: Sequence[Step], store: BatchingStateStore) -> list[Exception | None]:
+    """Write every step's snapshot with one ``commit_many``, then finish each written one.
+
+    Answers, per step, ``None`` or what stopped it: the commit's refusal
+    (``ConcurrentUpdate``, ``LockLost``), ``StoreUnavailable`` (for every step when
+    the connection went mid-pipeline: any of them may have landed, and each one's
+    next write from the old version is refused, so it reloads), or an error of a
+    nested transition while finishing.
+    """
+    outcomes: Sequence[int | Exception]
+    try:
+        outcomes = store.commit_many(
+            [
+                (lifecycle.instance_id, decision.snapshot, lifecycle._version, lock)
+                for lifecycle, decision, lock, _, _ in steps
+            ]
+        )
+    except StoreUnavailable as exc:
+        outcomes = [exc] * len(steps)
+    errors: list[Exception | None] = []
+    for (lifecycle, decision, lock, failure, now), outcome in zip(steps, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            errors.append(outcome)
+            continue
+        try:
+            lifecycle._finish(decision, outcome, now, lock, failure)
+        except Exception as exc:
+            errors.append(exc)
+            continue
+        errors.append(None)
+    return errors
+
+
+def _give_back(item: _Work) -> None:
+    """Release the step's lock, if it still holds one that no write took back."""
+    lock, item.lock = item.lock, None
+    item.event = None
+    if lock is not None:
+        try:
+            item.lifecycle._release(lock)
+        except Exception:
+            log.exception(
+                "instance %s: could not release the login lock", item.lifecycle.instance_id
+            )

@@ -1,0 +1,366 @@
+"""A fleet's pass over the instances due together (batch.py).
+
+Each test runs with one worker (the terminals asked on the calling thread) and with
+eight (asked on the pool): the outcome must not depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import pytest
+
+from mt5lifecycle import Credentials, Fleet, Lifecycle, Policy, Reason, State
+from mt5lifecycle.errors import StoreUnavailable
+from mt5lifecycle.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
+from mt5lifecycle.ports import LockToken
+from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
+
+CREDS = Credentials(1001, "Srv", "pw")
+POLICY = Policy()
+IDS = [f"i{n}" for n in range(40)]
+
+
+class CountingStore(MemoryStateStore):
+    """Counts the writes by kind, and can fail the next ``commit_many``."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.batches: list[int] = []
+        self.singles = 0
+        self.outages = 0
+
+    def commit(self, instance_id: str, snapshot: Any, **kwargs: Any) -> int:
+        self.singles += 1
+        return super().commit(instance_id, snapshot, **kwargs)
+
+    def commit_many(self, items: Iterable[Any]) -> list[int | Exception]:
+        items = list(items)
+        if self.outages:
+            self.outages -= 1
+            raise StoreUnavailable(backend="redis", instance_id=None, detail="connection lost")
+        self.batches.append(len(items))
+        return [
+            self._one(instance_id, snapshot, version, lock)
+            for instance_id, snapshot, version, lock in items
+        ]
+
+    def _one(
+        self, instance_id: str, snapshot: Any, version: int, lock: LockToken | None
+    ) -> int | Exception:
+        try:
+            return super().commit(instance_id, snapshot, expected_version=version, lock=lock)
+        except Exception as exc:
+            return exc
+
+
+class FlakyCredentials(MemoryCredentialStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def get(self, instance_id: str) -> Credentials | None:
+        if self.down:
+            raise StoreUnavailable(backend="postgres", instance_id=instance_id, detail="down")
+        return super().get(instance_id)
+
+
+@pytest.fixture(params=[1, 8], ids=["one worker", "eight workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+def fleet_of(workers: int) -> tuple[Fleet, FakeClock, CountingStore, FakeBroker]:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    backends = attrs.evolve(
+        memory_backends(clock=clock), state=store, credentials=FlakyCredentials()
+    )
+    for instance_id in IDS:
+        backends.credentials.put(instance_id, CREDS)
+    fleet = Fleet(backends, POLICY, workers=workers)
+    for instance_id in IDS:
+        fleet.add(instance_id)
+    store.batches.clear()
+    store.singles = 0
+    broker = backends.broker
+    assert isinstance(broker, FakeBroker)
+    return fleet, clock, store, broker
+
+
+def states(fleet: Fleet) -> set[State | None]:
+    return {fleet[i].state for i in fleet}
+
+
+def test_the_logins_due_together_are_written_together(workers: int) -> None:
+    fleet, _, store, broker = fleet_of(workers)
+
+    fleet.run_due()
+
+    assert states(fleet) == {State.CONNECTED}
+    assert sum(store.batches) == len(IDS)
+    assert store.singles == 0
+    assert all(len(broker.login_times(i)) == 1 for i in IDS)
+    assert all(broker.max_concurrent_logins(i) == 1 for i in IDS)
+    # Every lock went back with its login's result.
+    assert all(fleet.backends.state.acquire_lock(i, 1.0) is not None for i in IDS)
+    fleet.close()
+
+
+def test_connection_checks_write_only_what_changed(workers: int) -> None:
+    fleet, clock, store, broker = fleet_of(workers)
+    fleet.run_due()
+    broker.drop_connection("i3")
+    broker.crash_terminal("i5")
+    store.batches.clear()
+
+    clock.advance(POLICY.connection_check_interval)
+    fleet.run_due()
+
+    assert fleet["i3"].snapshot().status is State.CONNECTING  # type: ignore[union-attr]
+    assert fleet["i5"].state is State.FAILED
+    assert store.batches == [1, 1] or store.batches == [2]
+    assert {fleet[i].state for i in IDS if i not in ("i3", "i5")} == {State.CONNECTED}
+    fleet.close()
+
+
+def test_a_reconnect_check_whose_terminal_is_back_writes_no_login(workers: int) -> None:
+    fleet, clock, _, broker = fleet_of(workers)
+    fleet.run_due()
+    for instance_id in IDS:
+        fleet[instance_id].connection_lost()
+    for instance_id in IDS[::2]:
+        broker.drop_connection(instance_id)  # these stay down: they need a login
+
+    clock.advance(POLICY.network_retry_delay)
+    fleet.run_due()
+
+    assert states(fleet) == {State.CONNECTED}
+    assert all(len(broker.login_times(i)) == 1 for i in IDS[1::2])
+    assert all(len(broker.login_times(i)) == 2 for i in IDS[::2])
+    fleet.close()
+
+
+def test_a_login_whose_lock_another_worker_holds_waits_for_it(workers: int) -> None:
+    fleet, clock, store, broker = fleet_of(workers)
+    held = store.acquire_lock("i7", POLICY.lock_ttl)
+    assert held is not None
+
+    fleet.run_due()
+
+    waiting = fleet["i7"].snapshot()
+    assert waiting is not None and waiting.status is State.CONNECTING
+    assert broker.login_times("i7") == []
+    store.release_lock(held)
+    run_for(fleet, clock, POLICY.transient_retry_delay + 1)
+    assert fleet["i7"].state is State.CONNECTED
+    fleet.close()
+
+
+def test_an_instance_changed_elsewhere_is_reloaded_not_overwritten(workers: int) -> None:
+    fleet, _, store, _ = fleet_of(workers)
+    # An operator's process disables i4 while the fleet has its older version.
+    operator = Lifecycle("i4", fleet.backends, POLICY)
+    operator.disable()
+
+    fleet.run_due()
+
+    assert fleet["i4"].state is State.INACTIVE
+    assert fleet["i4"].snapshot() == store.load("i4").snapshot  # type: ignore[union-attr]
+    assert store.acquire_lock("i4", 1.0) is not None  # its lock was given back
+    fleet.close()
+
+
+def test_a_store_outage_mid_batch_changes_nothing_and_is_retried(workers: int) -> None:
+    fleet, clock, store, broker = fleet_of(workers)
+    store.outages = 10**6  # every batch of the pass
+
+    fleet.run_due()
+
+    assert states(fleet) == {State.CONNECTING}
+    assert all(store.load(i).snapshot.status is State.CONNECTING for i in IDS)  # type: ignore[union-attr]
+    assert all(store.acquire_lock(i, 0.001) is not None for i in IDS)  # locks given back
+    store.outages = 0
+    clock.advance(1.0)
+    run_for(fleet, clock, POLICY.transient_retry_delay + 1)
+    assert states(fleet) == {State.CONNECTED}
+    # A login that may or may not have been stored is a login the broker saw: the
+    # retry is a second one, never two at once.
+    assert all(broker.max_concurrent_logins(i) == 1 for i in IDS)
+    fleet.close()
+
+
+def test_a_credential_store_outage_holds_the_logins_off(workers: int) -> None:
+    fleet, clock, store, broker = fleet_of(workers)
+    credentials = fleet.backends.credentials
+    assert isinstance(credentials, FlakyCredentials)
+    credentials.down = True
+
+    fleet.run_due()
+
+    assert states(fleet) == {State.CONNECTING}
+    assert all(broker.login_times(i) == [] for i in IDS)
+    assert all(store.acquire_lock(i, 0.001) is not None for i in IDS)
+    credentials.down = False
+    clock.advance(1.0)
+    run_for(fleet, clock, POLICY.transient_retry_delay + 1)
+    assert states(fleet) == {State.CONNECTED}
+    fleet.close()
+
+
+def test_credentials_gone_before_the_login_fail_it_and_free_the_lock(workers: int) -> None:
+    fleet, _, store, broker = fleet_of(workers)
+    fleet.backends.credentials.delete("i2")
+
+    fleet.run_due()
+
+    snapshot = fleet["i2"].snapshot()
+    assert snapshot is not None
+    assert snapshot.status is State.FAILED
+    assert snapshot.last_failure_reason is Reason.CREDENTIALS_MISSING
+    assert broker.login_times("i2") == []
+    assert store.acquire_lock("i2", 1.0) is not None
+    fleet.close()
+
+
+def test_failed_logins_in_a_batch_follow_the_backoff(workers: int) -> None:
+    fleet, clock, _, broker = fleet_of(workers)
+    for instance_id in IDS[:10]:
+        broker.fail_logins(instance_id, Reason.AUTH_FAILED, times=2)
+
+    run_for(fleet, clock, 60)
+
+    assert states(fleet) == {State.CONNECTED}
+    t0 = broker.login_times("i0")[0]
+    for instance_id in IDS[:10]:
+        times = [t - t0 for t in broker.login_times(instance_id)]
+        assert times == [0, 5, 15]
+    fleet.close()
+
+
+def test_add_many_writes_the_new_instances_start_together(workers: int) -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    backends = attrs.evolve(memory_backends(clock=clock), state=store)
+    for instance_id in IDS:
+        backends.credentials.put(instance_id, CREDS)
+    Lifecycle("i0", backends, POLICY).start()  # one already stored: it resumes
+    store.singles = 0
+    fleet = Fleet(backends, POLICY, workers=workers)
+
+    fleet.add_many(IDS)
+
+    assert store.batches == [len(IDS) - 1]
+    assert store.singles == 0
+    assert states(fleet) == {State.CONNECTING}
+    assert fleet.next_due == clock.now()
+    fleet.run_due()
+    assert states(fleet) == {State.CONNECTED}
+    fleet.close()
+
+
+class SlowBroker(FakeBroker):
+    """A broker whose every login takes ``seconds`` of the fake clock."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        super().__init__(clock)
+        self.seconds = seconds
+
+    def login(self, instance_id: str, credentials: Any, *, logged_in_before: bool) -> Any:
+        result = super().login(instance_id, credentials, logged_in_before=logged_in_before)
+        self.clock.advance(self.seconds)  # type: ignore[attr-defined]
+        return result
+
+
+def slow_fleet(workers: int, seconds: float, n: int) -> tuple[Fleet, FakeClock, SlowBroker]:
+    clock = FakeClock()
+    broker = SlowBroker(clock, seconds)
+    backends = memory_backends(broker=broker, clock=clock)
+    for instance_id in IDS[:n]:
+        backends.credentials.put(instance_id, CREDS)
+    fleet = Fleet(backends, POLICY, workers=workers)
+    fleet.add_many(IDS[:n])
+    return fleet, clock, broker
+
+
+# The slow broker advances the one fake clock from every worker thread, so that
+# logins running side by side would add up their durations: these run on one worker.
+
+
+def test_a_slow_broker_never_logs_in_under_an_old_lock() -> None:
+    # Wrong passwords and 45 s per login: a lock taken for a whole slice at once
+    # would expire under the later logins, their results would be refused, and the
+    # attempts never counted. Each login must start under a young lock.
+    # Twelve instances: chunks of three for one worker, so a slice holds several.
+    fleet, clock, broker = slow_fleet(1, 45.0, 12)
+    for instance_id in IDS[:12]:
+        broker.fail_logins(instance_id, Reason.AUTH_FAILED)
+
+    run_for(fleet, clock, 12 * 45 * POLICY.max_login_attempts + 600)
+
+    for instance_id in IDS[:12]:
+        snapshot = fleet[instance_id].snapshot()
+        assert snapshot is not None
+        assert snapshot.status is State.FAILED
+        assert snapshot.last_failure_reason is Reason.LOGIN_ATTEMPTS_EXHAUSTED
+        assert len(broker.login_times(instance_id)) == POLICY.max_login_attempts
+        assert broker.max_concurrent_logins(instance_id) == 1
+    fleet.close()
+
+
+def test_a_transition_is_decided_at_the_time_its_login_ended() -> None:
+    fleet, clock, broker = slow_fleet(1, 10.0, 12)
+    for instance_id in IDS[:12]:
+        broker.fail_logins(instance_id, Reason.AUTH_FAILED, times=1)
+
+    run_for(fleet, clock, 600)
+
+    # The backoff runs from when the failed login ended, as Lifecycle._apply reads
+    # the clock after the broker's answer, not from when the pass began.
+    backoff = POLICY.login_backoff[0]
+    archive = fleet.backends.archive
+    assert isinstance(archive, MemoryArchive)
+    for instance_id in IDS[:12]:
+        first, second = broker.login_times(instance_id)
+        assert second >= first + 10.0 + backoff
+        failed = [r for r in archive.history(instance_id) if r.event == "login_failed"]
+        assert [r.at.timestamp() for r in failed] == [first + 10.0]
+        assert fleet[instance_id].state is State.CONNECTED
+    fleet.close()
+
+
+def test_add_many_answers_in_the_order_asked() -> None:
+    clock = FakeClock()
+    backends = memory_backends(clock=clock)
+    for instance_id in ("a", "b", "c"):
+        backends.credentials.put(instance_id, CREDS)
+    Lifecycle("c", backends, POLICY).start()
+    fleet = Fleet(backends, POLICY, workers=1)
+
+    added = fleet.add_many(["a", "b", "c"])
+
+    assert [lifecycle.instance_id for lifecycle in added] == ["a", "b", "c"]
+
+
+def test_a_failing_batch_leaves_no_instance_busy(
+    workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet, clock, store, _ = fleet_of(workers)
+
+    class Broken(Exception):
+        pass
+
+    def broken(ids: Any, ttl: float) -> Any:
+        raise Broken
+
+    store.acquire_many = broken  # type: ignore[method-assign,assignment]
+    fleet.run_due()
+
+    assert "a batch of due steps failed" in caplog.text or "batched pass failed" in caplog.text
+    assert fleet.send("i1", lambda lifecycle: lifecycle.state) is State.CONNECTING
+    del store.acquire_many
+    run_for(fleet, clock, 1)
+    assert states(fleet) == {State.CONNECTED}
+    fleet.close()

@@ -118,7 +118,9 @@ def _enum_codec(
             return None
         if not isinstance(value, kind):
             raise TypeError(f"Snapshot.{attr} must be a {kind.__name__}, not {value!r}")
-        return cast(str, value.value)
+        # ``_value_`` is a plain attribute; ``.value`` goes through a descriptor that
+        # costs more than the rest of this function, once per field per commit.
+        return cast(str, value._value_)
 
     def decode(text: str) -> object:
         try:
@@ -339,8 +341,9 @@ return values
 # A whole write names every field; a change names only the fields that differ from
 # the state made by the commit it builds on, and is refused ({-5}, nothing written)
 # unless that commit is the one stored, so a change is never laid over another state.
-# Returns {0, new version}, {-1} lock lost, {-2, index, type} wrong type,
-# {-3, raw} corrupt version, {-4, raw or nil} version mismatch, {-5} other base.
+# Returns the new version (an integer; {0, new version} from _COMMIT_MANY), {-1}
+# lock lost, {-2, index, type} wrong type, {-3, raw} corrupt version, {-4, raw or
+# nil} version mismatch, {-5} other base.
 # Each command a script runs costs Redis about as much as a small one sent by a
 # client, so the usual path is one MGET and one MSET (and a DEL when a key goes):
 # MGET reads a key of another type as nil, which the rare paths then look into.
@@ -348,45 +351,51 @@ _COMMIT = """
 local vkey, ckey, lkey = KEYS[1], KEYS[2], KEYS[3]
 local got = redis.call('MGET', vkey, ckey, lkey)
 local raw, made, held = got[1], got[2], got[3]
-local function wrong(i)
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' then return {-2, i, t} end
-end
-local found = 0
-if raw then
-  if not string.match(raw, '^%d+$') then return {-3, raw} end
-  found = tonumber(raw)
-else
-  local bad = wrong(1)
-  if bad then return bad end
-end
-local expected = tonumber(ARGV[1])
--- This very write, sent again after its reply was lost: answer as the first try
--- did, even though the lock it released is gone by now.
-if found == expected + 1 and made == ARGV[4] then return {0, found} end
-if ARGV[3] ~= '' and held ~= ARGV[3] then
-  if not held then
-    local bad = wrong(3)
+-- The usual write finds the version it read, its lock and its base as they were,
+-- in three string comparisons; anything else is looked into below.
+if raw ~= ARGV[1] or (ARGV[3] ~= '' and held ~= ARGV[3])
+    or (ARGV[6] ~= '' and made ~= ARGV[6]) then
+  local function wrong(i)
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' then return {-2, i, t} end
+  end
+  local found = 0
+  if raw then
+    if not string.match(raw, '^%d+$') then return {-3, raw} end
+    found = tonumber(raw)
+  else
+    local bad = wrong(1)
     if bad then return bad end
   end
-  return {-1}
+  local expected = tonumber(ARGV[1])
+  -- This very write, sent again after its reply was lost: answer as the first try
+  -- did, even though the lock it released is gone by now.
+  if found == expected + 1 and made == ARGV[4] then return found end
+  if ARGV[3] ~= '' and held ~= ARGV[3] then
+    if not held then
+      local bad = wrong(3)
+      if bad then return bad end
+    end
+    return {-1}
+  end
+  if found ~= expected then return {-4, raw} end
+  if ARGV[6] ~= '' and made ~= ARGV[6] then return {-5} end
 end
-if found ~= expected then return {-4, raw} end
-if ARGV[6] ~= '' and made ~= ARGV[6] then return {-5} end
-local kv, gone = {vkey, ARGV[2], ckey, ARGV[4]}, {}
+local kv, n, gone = {vkey, ARGV[2], ckey, ARGV[4]}, 4, {}
 for i = 4, #KEYS do
   local v = ARGV[i + 3]
   if v == '' then
     gone[#gone + 1] = KEYS[i]
   else
-    kv[#kv + 1] = KEYS[i]
-    kv[#kv + 1] = v
+    kv[n + 1] = KEYS[i]
+    kv[n + 2] = v
+    n = n + 2
   end
 end
 if ARGV[3] ~= '' and ARGV[5] == '1' then gone[#gone + 1] = lkey end
 redis.call('MSET', unpack(kv))
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
-return {0, tonumber(ARGV[2])}
+return tonumber(ARGV[2])
 """
 
 # The commits of many instances in one script: what _COMMIT does for one, item by
@@ -527,6 +536,13 @@ def _transient() -> tuple[type[BaseException], ...]:
         exceptions.ClusterError,
         TimeoutError,
     )
+
+
+@functools.cache
+def _no_script() -> type[BaseException]:
+    from redis.exceptions import NoScriptError
+
+    return NoScriptError
 
 
 def _unavailable(exc: BaseException, instance_id: str | None) -> StoreUnavailable:
@@ -758,10 +774,10 @@ class RedisStateStore:
         # No ``_reaching`` here: a generator context manager costs a microsecond, on
         # the one call every transition makes.
         try:
-            reply = self._commit(keys=call.keys, args=call.args)
-            if reply[0] == _OTHER_BASE:
+            reply = self._evalsha(self._commit, call.keys, call.args)
+            if type(reply) is not int and reply[0] == _OTHER_BASE:
                 call = self._commit_call(instance_id, snapshot, expected_version, lock, whole=True)
-                reply = self._commit(keys=call.keys, args=call.args)
+                reply = self._evalsha(self._commit, call.keys, call.args)
             return self._committed(call, reply)
         except BaseException as exc:
             self._known.pop(instance_id, None)
@@ -815,7 +831,7 @@ class RedisStateStore:
         again = [
             i
             for i, reply in enumerate(replies)
-            if not isinstance(reply, Exception) and reply[0] == _OTHER_BASE
+            if not isinstance(reply, (Exception, int)) and reply[0] == _OTHER_BASE
         ]
         if again:
             whole = [
@@ -1050,6 +1066,9 @@ class RedisStateStore:
         return _Call(instance_id, snapshot, expected_version, lock, commit_id, keys, args)
 
     def _committed(self, call: _Call, reply: Any) -> int:
+        if type(reply) is int:
+            self._known[call.instance_id] = (reply, call.commit_id, call.snapshot)
+            return reply
         code = reply[0]
         if code == 0:
             version = int(reply[1])
@@ -1132,6 +1151,16 @@ class RedisStateStore:
         if made_by is not None:
             self._known[instance_id] = (version, made_by, snapshot)
         return Stored(snapshot, version)
+
+    def _evalsha(self, script: Script, keys: list[str], args: list[str]) -> Any:
+        """``script(keys=, args=)`` without its per-call overhead, on the one call every
+        transition makes: a script the server lost is loaded again, as redis-py does."""
+        client = self._client
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except _no_script():
+            script.sha = client.script_load(script.script)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
 
     def _wrong_type(self, instance_id: str, key: str, kind: object) -> CorruptState:
         name = _text(kind) or "value"

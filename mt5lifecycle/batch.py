@@ -8,8 +8,9 @@ common due steps go through the pool in chunks, and each chunk works through its
 instances a slice (``SLICE``) at a time:
 
 1. a slice of logins takes its login locks in one round trip, just before logging
-   in; a login whose lock has grown old (a slow broker) is not started under it but
-   left to the one-by-one path, which takes a fresh lock;
+   in; once the locks have grown old (a slow broker), what is done is written and
+   the logins not yet started are left to the one-by-one path, which takes a fresh
+   lock for each;
 2. the terminals are asked (a connection check's ``status``; a login's credentials
    and ``login``), and each answer's transition is decided with the clock read right
    after it, as ``Lifecycle._apply`` does;
@@ -21,8 +22,7 @@ is refused and reloaded without touching the others, and what is stored, when an
 what order is what the instance-by-instance path stores. Chunks run on the pool's
 threads side by side, so one chunk's round trip overlaps another's work, and a slow
 terminal holds up its own chunk only. Anything else that is due (a restart, closing
-trades, a cleanup, a reconnect check whose terminal is still down and so needs a
-login) is left to the one-by-one path.
+trades, a cleanup) is left to the one-by-one path.
 """
 
 from __future__ import annotations
@@ -155,8 +155,13 @@ def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
 
 
 def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
-    """Connection and reconnect checks: ask each terminal, write what changed."""
+    """Connection and reconnect checks: ask each terminal, write what changed.
+
+    A reconnect check whose terminal is still down goes on to a login, as
+    ``Lifecycle._reconnect_check`` does, without asking the terminal again.
+    """
     work: list[_Work] = []
+    logins: list[Lifecycle] = []
     for lifecycle in slice_:
         try:
             status = lifecycle._terminal_status()
@@ -164,7 +169,7 @@ def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
             snap = lifecycle._snap
             if snap is not None and snap.due is Due.RECONNECT_CHECK:
                 if status is not TerminalStatus.CONNECTED:
-                    rest.append(lifecycle)  # still down: it needs a login, under its lock
+                    logins.append(lifecycle)  # still down: it needs a login
                     continue
                 event: str | None = "login_succeeded"
             else:
@@ -176,33 +181,46 @@ def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
         except Exception:
             log.exception("instance %s: a due action failed", lifecycle.instance_id)
     _write(work, store, rest)
+    _login_slice(logins, store, rest)
 
 
 def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
-    """Logins: take the locks together, log in one by one, write the results together."""
+    """Logins: take the locks together, log in one by one, write the results together.
+
+    The locks of a slice are taken at one moment and age together. Once they are a
+    quarter of their TTL old (a slow broker), the results so far are written at once,
+    while their locks are young, and the logins not yet started go one by one, each
+    under a fresh lock. A login in a batch must so end within three quarters of the
+    TTL (90 s by default, where the MetaTrader 5 login times out after 60 s); one by
+    one it has the whole TTL.
+    """
+    if not slice_:
+        return
     clock = slice_[0].backends.clock
-    policy = slice_[0].policy
+    young = slice_[0].policy.lock_ttl / 4
     taken_at = clock.now()
     work = _locked(slice_, taken_at, store)
+    done: list[_Work] = []
     try:
-        for item in work:
+        for index, item in enumerate(work):
+            if clock.now() - taken_at > young:
+                for late in work[index:]:
+                    _give_back(late)
+                    rest.append(late.lifecycle)
+                break
             lifecycle = item.lifecycle
             assert item.lock is not None
-            if clock.now() - taken_at > policy.lock_ttl / 2:
-                # The broker is slow: a login started now could outlive its lock.
-                _give_back(item)
-                rest.append(lifecycle)
-                continue
             try:
                 item.event, item.facts, item.lock, item.failure = lifecycle._log_in(item.lock)
                 item.now = clock.now()
+                done.append(item)
             except StoreUnavailable as exc:  # the credential store is down
                 _give_back(item)
                 lifecycle._hold_off(exc, clock.now())
             except Exception:
                 log.exception("instance %s: a due action failed", lifecycle.instance_id)
                 _give_back(item)
-        _write([item for item in work if item.event is not None], store, rest)
+        _write(done, store, rest)
     finally:
         for item in work:
             _give_back(item)  # any lock no write took back (an unexpected error)

@@ -6,10 +6,12 @@ are invalidated lazily: when an instance's due time changes a new entry is pushe
 and a popped entry that no longer matches is skipped.
 
 The instances due together run on a bounded pool of worker threads, in chunks, so
-one slow terminal holds up only its own chunk; their state writes share round trips
-through ``GroupCommitStore`` when the state store can batch (``commit_many``). An
-instance is only ever driven by one thread at a time: ``send`` waits for a worker
-that is driving it.
+one slow terminal holds up only its own chunk. When the state store can batch
+(``commit_many``), their connection checks, reconnect checks and logins go through
+``batch.run_together``: a slice's locks, terminals and writes together, one round
+trip for many transitions; the other due steps run one by one, their writes
+sharing round trips through ``GroupCommitStore``. An instance is only ever driven by
+one thread at a time: ``send`` waits for a worker that is driving it.
 """
 
 from __future__ import annotations
@@ -227,36 +229,45 @@ class Fleet:
     ) -> None:
         """``_join`` each id, the ``start`` of the new ones written together.
 
-        Appends to ``added`` as instances join. An id that cannot start raises once
-        the ids before it have joined (the new ones among them written first).
+        Fills ``added`` in the order of ``ids``. An id that cannot start raises with
+        the ids before it joined and the ones after it not: a new one after it may
+        have had its ``start`` written, and whoever adds it next resumes it.
         """
         now = self.backends.clock.now()
         fresh: list[Step] = []
         joined: dict[str, Lifecycle] = {}
-        failed: Exception | None = None
+        failed: tuple[str, BaseException] | None = None
         try:
             for instance_id in ids:
                 lifecycle = self._member(instance_id)
-                facts = lifecycle._resume(stored.get(instance_id))
-                if facts is None:
-                    lifecycle._begin()
-                    self._enlist(lifecycle)
-                    joined[instance_id] = lifecycle
-                else:
-                    decision = lifecycle._decide("start", facts, now)
-                    fresh.append((lifecycle, decision, None, None, now))
-        finally:
-            errors = commit_together(fresh, store)
+                try:
+                    facts = lifecycle._resume(stored.get(instance_id))
+                    if facts is None:
+                        lifecycle._begin()
+                        self._enlist(lifecycle)
+                        joined[instance_id] = lifecycle
+                    else:
+                        decision = lifecycle._decide("start", facts, now)
+                        fresh.append((lifecycle, decision, None, None, now))
+                except BaseException as exc:
+                    failed = (instance_id, exc)
+                    break
+            errors = commit_together(fresh, store) if fresh else []
             for (lifecycle, *_), error in zip(fresh, errors, strict=True):
                 if error is None:
                     lifecycle._begin()
                     self._enlist(lifecycle)
                     joined[lifecycle.instance_id] = lifecycle
-                elif failed is None:
-                    failed = error
-            added += [joined[i] for i in ids if i in joined]
+                elif failed is None or ids.index(lifecycle.instance_id) < ids.index(failed[0]):
+                    failed = (lifecycle.instance_id, error)
+        finally:
+            stop = ids.index(failed[0]) if failed is not None else len(ids)
+            for instance_id in ids[stop:]:
+                if instance_id in joined:
+                    self._drop(instance_id)
+            added += [joined[i] for i in ids[:stop] if i in joined]
         if failed is not None:
-            raise failed
+            raise failed[1]
 
     def _member(self, instance_id: str) -> Lifecycle:
         lifecycle = Lifecycle(instance_id, self.backends, self.policy)

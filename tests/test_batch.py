@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 from mt5lifecycle import Credentials, Fleet, Lifecycle, Policy, Reason, State
-from mt5lifecycle.errors import StoreUnavailable
+from mt5lifecycle.errors import ConcurrentUpdate, StoreUnavailable
 from mt5lifecycle.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
 from mt5lifecycle.ports import LockToken
 from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
@@ -363,4 +363,95 @@ def test_a_failing_batch_leaves_no_instance_busy(
     del store.acquire_many
     run_for(fleet, clock, 1)
     assert states(fleet) == {State.CONNECTED}
+    fleet.close()
+
+
+class TimedBroker(FakeBroker):
+    """A broker whose logins take the given seconds of the fake clock, per instance."""
+
+    def __init__(self, clock: FakeClock, seconds: dict[str, float]) -> None:
+        super().__init__(clock)
+        self.seconds = seconds
+        self.asked: dict[str, int] = {}
+
+    def login(self, instance_id: str, credentials: Any, *, logged_in_before: bool) -> Any:
+        result = super().login(instance_id, credentials, logged_in_before=logged_in_before)
+        self.clock.advance(self.seconds.get(instance_id, 0.0))  # type: ignore[attr-defined]
+        return result
+
+    def status(self, instance_id: str) -> Any:
+        self.asked[instance_id] = self.asked.get(instance_id, 0) + 1
+        return super().status(instance_id)
+
+
+def timed_fleet(seconds: dict[str, float]) -> tuple[Fleet, FakeClock, TimedBroker]:
+    clock = FakeClock()
+    broker = TimedBroker(clock, seconds)
+    backends = memory_backends(broker=broker, clock=clock)
+    for instance_id in IDS[:12]:
+        backends.credentials.put(instance_id, CREDS)
+    fleet = Fleet(backends, POLICY, workers=1)
+    fleet.add_many(IDS[:12])
+    return fleet, clock, broker
+
+
+def test_slow_logins_in_one_slice_are_each_stored_under_a_live_lock() -> None:
+    # Both logins are shorter than the lock's TTL: one by one they are fine, and so
+    # must they be in a slice, whose locks were all taken before the first of them.
+    fleet, _, broker = timed_fleet({"i0": 59.0, "i1": 62.0})
+    for instance_id in ("i0", "i1"):
+        broker.fail_logins(instance_id, Reason.AUTH_FAILED, times=1)
+
+    fleet.run_due()
+
+    for instance_id in ("i0", "i1"):
+        snapshot = fleet[instance_id].snapshot()
+        assert snapshot is not None
+        assert snapshot.login_attempt_count == 1  # the failure was stored, not lost
+        assert broker.login_times(instance_id) == broker.login_times(instance_id)[:1]
+        assert broker.max_concurrent_logins(instance_id) == 1
+    fleet.close()
+
+
+def test_a_reconnect_check_whose_terminal_is_down_asks_it_once_then_logs_in() -> None:
+    fleet, clock, broker = timed_fleet({})
+    fleet.run_due()
+    for instance_id in IDS[:12]:
+        fleet[instance_id].connection_lost()
+        broker.drop_connection(instance_id)
+    broker.asked.clear()
+
+    clock.advance(POLICY.network_retry_delay)
+    fleet.run_due()
+
+    assert states(fleet) == {State.CONNECTED}
+    assert broker.asked == {i: 1 for i in IDS[:12]}
+    assert all(len(broker.login_times(i)) == 2 for i in IDS[:12])
+    fleet.close()
+
+
+def test_add_many_stops_at_an_id_that_cannot_start(workers: int) -> None:
+    clock = FakeClock()
+
+    class Refusing(CountingStore):
+        def commit_many(self, items: Iterable[Any]) -> list[int | Exception]:
+            items = list(items)
+            out = super().commit_many(items)
+            return [
+                ConcurrentUpdate(instance_id="i5", expected_version=0, found_version=1)
+                if item[0] == "i5"
+                else answer
+                for item, answer in zip(items, out, strict=True)
+            ]
+
+    backends = attrs.evolve(memory_backends(clock=clock), state=Refusing(clock))
+    for instance_id in IDS:
+        backends.credentials.put(instance_id, CREDS)
+    Lifecycle("i7", backends, POLICY).start()  # stored: it resumes
+    fleet = Fleet(backends, POLICY, workers=workers)
+
+    with pytest.raises(ConcurrentUpdate):
+        fleet.add_many(IDS[:10])
+
+    assert sorted(fleet) == ["i0", "i1", "i2", "i3", "i4"]
     fleet.close()

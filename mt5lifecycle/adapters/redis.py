@@ -1191,7 +1191,12 @@ class RedisStateStore:
             by_node[node.name][1].append(index)
         results: list[Any] = [None] * len(calls)
         for node_client, indexes in by_node.values():
-            replies = self._pipelined_on(node_client, script, [calls[i] for i in indexes])
+            try:
+                replies = self._pipelined_on(node_client, script, [calls[i] for i in indexes])
+            except Exception as exc:
+                # One node down: its calls answer with the error; the other nodes'
+                # answers stand (some of those calls wrote, or took a lock).
+                replies = [exc] * len(indexes)
             for index, reply in zip(indexes, replies, strict=True):
                 results[index] = reply
         for index, reply in enumerate(results):

@@ -201,12 +201,11 @@ def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
     taken_at = clock.now()
     work = _locked(slice_, taken_at, store)
     done: list[_Work] = []
+    late: list[_Work] = []
     try:
         for index, item in enumerate(work):
             if clock.now() - taken_at > young:
-                for late in work[index:]:
-                    _give_back(late)
-                    rest.append(late.lifecycle)
+                late = work[index:]
                 break
             lifecycle = item.lifecycle
             assert item.lock is not None
@@ -220,7 +219,10 @@ def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
             except Exception:
                 log.exception("instance %s: a due action failed", lifecycle.instance_id)
                 _give_back(item)
-        _write(done, store, rest)
+        _write(done, store, rest)  # first, while the done logins' locks are young
+        for item in late:
+            _give_back(item)
+            rest.append(item.lifecycle)
     finally:
         for item in work:
             _give_back(item)  # any lock no write took back (an unexpected error)
@@ -294,7 +296,11 @@ def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) 
                 elif isinstance(error, StoreUnavailable):
                     lifecycle._hold_off(error, item.now)
                 else:
-                    raise error
+                    # Logged, not raised: one exception object may stand for a
+                    # whole node's calls, and each raise would lengthen its traceback.
+                    log.error(
+                        "instance %s: a due action failed", lifecycle.instance_id, exc_info=error
+                    )
                 continue
             lock, item.lock = item.lock, None
             if lock is not None and not lock.release_on_commit:

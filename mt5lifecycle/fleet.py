@@ -237,35 +237,41 @@ class Fleet:
         fresh: list[Step] = []
         joined: dict[str, Lifecycle] = {}
         failed: tuple[str, BaseException] | None = None
-        try:
-            for instance_id in ids:
-                lifecycle = self._member(instance_id)
-                try:
-                    facts = lifecycle._resume(stored.get(instance_id))
-                    if facts is None:
-                        lifecycle._begin()
-                        self._enlist(lifecycle)
-                        joined[instance_id] = lifecycle
-                    else:
-                        decision = lifecycle._decide("start", facts, now)
-                        fresh.append((lifecycle, decision, None, None, now))
-                except BaseException as exc:
-                    failed = (instance_id, exc)
-                    break
-            errors = commit_together(fresh, store) if fresh else []
-            for (lifecycle, *_), error in zip(fresh, errors, strict=True):
-                if error is None:
+        for instance_id in ids:
+            lifecycle = self._member(instance_id)
+            try:
+                facts = lifecycle._resume(stored.get(instance_id))
+                if facts is None:
                     lifecycle._begin()
                     self._enlist(lifecycle)
-                    joined[lifecycle.instance_id] = lifecycle
-                elif failed is None or ids.index(lifecycle.instance_id) < ids.index(failed[0]):
-                    failed = (lifecycle.instance_id, error)
-        finally:
-            stop = ids.index(failed[0]) if failed is not None else len(ids)
-            for instance_id in ids[stop:]:
-                if instance_id in joined:
-                    self._drop(instance_id)
-            added += [joined[i] for i in ids[:stop] if i in joined]
+                    joined[instance_id] = lifecycle
+                else:
+                    decision = lifecycle._decide("start", facts, now)
+                    fresh.append((lifecycle, decision, None, None, now))
+            except BaseException as exc:
+                failed = (instance_id, exc)
+                break
+        errors: list[Exception | None] = []
+        try:
+            if fresh:
+                errors = commit_together(fresh, store)
+        except BaseException as exc:
+            failed = (fresh[0][0].instance_id, exc)
+        for (lifecycle, *_), error in zip(fresh[: len(errors)], errors, strict=True):
+            # ``fresh`` holds only ids before the loop's failure: its first error wins.
+            try:
+                if error is not None:
+                    raise error
+                lifecycle._begin()
+                self._enlist(lifecycle)
+                joined[lifecycle.instance_id] = lifecycle
+            except BaseException as exc:
+                failed = (lifecycle.instance_id, exc)
+                break
+        stop = ids.index(failed[0]) if failed is not None else len(ids)
+        for instance_id in ids[stop:]:
+            self._drop(instance_id)  # joined after the failure, or half-enlisted
+        added += [joined[i] for i in ids[:stop] if i in joined]
         if failed is not None:
             raise failed[1]
 

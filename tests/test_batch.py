@@ -455,3 +455,32 @@ def test_add_many_stops_at_an_id_that_cannot_start(workers: int) -> None:
 
     assert sorted(fleet) == ["i0", "i1", "i2", "i3", "i4"]
     fleet.close()
+
+
+def test_add_many_after_a_failed_write_leaves_no_member_behind(workers: int) -> None:
+    clock = FakeClock()
+
+    class Failing(CountingStore):
+        broken = True
+
+        def commit_many(self, items: Iterable[Any]) -> list[int | Exception]:
+            if self.broken:
+                self.broken = False
+                raise RuntimeError("a bug in a store")
+            return super().commit_many(items)
+
+    backends = attrs.evolve(memory_backends(clock=clock), state=Failing(clock))
+    for instance_id in ("a0", "a1", "a2"):
+        backends.credentials.put(instance_id, CREDS)
+    Lifecycle("a1", backends, POLICY).start()  # stored: it resumes
+    fleet = Fleet(backends, POLICY, workers=workers)
+
+    with pytest.raises(RuntimeError):
+        fleet.add_many(["a0", "a1", "a2"])
+
+    assert list(fleet) == []  # a1 comes after a0, which could not start
+    added = fleet.add_many(["a0", "a1", "a2"])
+    assert [lifecycle.instance_id for lifecycle in added] == ["a0", "a1", "a2"]
+    fleet.run_due()
+    assert states(fleet) == {State.CONNECTED}
+    fleet.close()

@@ -33,6 +33,7 @@ the one to write such a value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -1190,6 +1191,7 @@ class RedisStateStore:
                 by_node[node.name] = (client.get_redis_connection(node), [])
             by_node[node.name][1].append(index)
         results: list[Any] = [None] * len(calls)
+        lost = False
         for node_client, indexes in by_node.values():
             try:
                 replies = self._pipelined_on(node_client, script, [calls[i] for i in indexes])
@@ -1197,8 +1199,14 @@ class RedisStateStore:
                 # One node down: its calls answer with the error; the other nodes'
                 # answers stand (some of those calls wrote, or took a lock).
                 replies = [exc] * len(indexes)
+                lost = True
             for index, reply in zip(indexes, replies, strict=True):
                 results[index] = reply
+        if lost:
+            # What the cluster client does after a connection error: learn the
+            # topology again, so that the next call finds a failed-over primary.
+            with contextlib.suppress(Exception):
+                client.nodes_manager.initialize()
         for index, reply in enumerate(results):
             if isinstance(reply, (MovedError, AskError)):
                 # A slot moved under us (resharding): the refused call did not run;

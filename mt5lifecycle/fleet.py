@@ -416,9 +416,7 @@ class Fleet:
                 log.exception("the batched pass failed; its instances wait for the next")
                 rest = []
             left = {id(lifecycle) for lifecycle in rest}
-            for lifecycle in due:
-                if id(lifecycle) not in left:
-                    self._release(lifecycle)
+            self._release_many([lc for lc in due if id(lc) not in left])
             due = rest
         if len(due) <= 1 or self.workers == 1:
             self._run_chunk(due)
@@ -494,14 +492,22 @@ class Fleet:
                 self._release(lifecycle)
 
     def _release(self, lifecycle: Lifecycle) -> None:
+        self._release_many([lifecycle])
+
+    def _release_many(self, lifecycles: list[Lifecycle]) -> None:
+        """No longer driven: schedule each again, and wake whoever waits to ``send``."""
         with self._lock:
-            self._busy.discard(lifecycle.instance_id)
-            self._reschedule(lifecycle)
+            for lifecycle in lifecycles:
+                self._busy.discard(lifecycle.instance_id)
+                self._reschedule(lifecycle)
             self._lock.notify_all()
-        if lifecycle._gone and self.leases is not None:
+        if self.leases is not None:
             # A confirmed closure: nothing left to drive.
-            self._drop(lifecycle.instance_id)
-            self.leases.release([lifecycle.instance_id], self.owner)
+            gone = [lc.instance_id for lc in lifecycles if lc._gone]
+            for instance_id in gone:
+                self._drop(instance_id)
+            if gone:
+                self.leases.release(gone, self.owner)
 
     def stop(self) -> None:
         """Ask ``run()`` / ``arun()`` to return after the current pass."""

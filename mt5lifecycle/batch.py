@@ -93,12 +93,14 @@ def run_together(
     store: BatchingStateStore,
     submit: Submit,
     chunk_size: int,
+    release: Callable[[list[Lifecycle]], None],
 ) -> list[Lifecycle]:
     """Run the due step of each instance that can go in a batch; return the others.
 
     The returned instances still have their step due: the caller runs them one by
     one. Every other instance has had its step (or its failure handled as
-    ``run_due`` would) by the time this returns.
+    ``run_due`` would) and been handed to ``release`` by the time this returns, as
+    soon as its slice was done, so the fleet's bookkeeping overlaps other slices.
     """
     checks: list[Lifecycle] = []
     logins: list[Lifecycle] = []
@@ -112,7 +114,7 @@ def run_together(
         else:
             checks.append(lifecycle)
     tasks = [
-        _task(run, group[i : i + chunk_size], store, rest)
+        _task(run, group[i : i + chunk_size], store, rest, release)
         for run, group in ((_check_slice, checks), (_login_slice, logins))
         for i in range(0, len(group), chunk_size)
     ]
@@ -127,11 +129,22 @@ _Slice = Callable[[list[Lifecycle], BatchingStateStore, list[Lifecycle]], None]
 
 
 def _task(
-    run: _Slice, chunk: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]
+    run: _Slice,
+    chunk: list[Lifecycle],
+    store: BatchingStateStore,
+    rest: list[Lifecycle],
+    release: Callable[[list[Lifecycle]], None],
 ) -> Callable[[], None]:
     def task() -> None:
         for i in range(0, len(chunk), SLICE):
-            run(chunk[i : i + SLICE], store, rest)
+            part = chunk[i : i + SLICE]
+            left: list[Lifecycle] = []
+            try:
+                run(part, store, left)
+            finally:
+                rest.extend(left)
+                kept = {id(lifecycle) for lifecycle in left}
+                release([lifecycle for lifecycle in part if id(lifecycle) not in kept])
 
     return task
 

@@ -410,14 +410,12 @@ class Fleet:
         size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
         if self._batching is not None and len(due) > 1:
             try:
-                rest = run_together(due, now, self._batching, self._submit, size)
+                due = run_together(due, now, self._batching, self._submit, size, self._release_many)
             except Exception:
                 # A bug, or a pool shut down under us: nothing may stay marked busy.
                 log.exception("the batched pass failed; its instances wait for the next")
-                rest = []
-            left = {id(lifecycle) for lifecycle in rest}
-            self._release_many([lc for lc in due if id(lc) not in left])
-            due = rest
+                self._release_many(due)
+                due = []
         if len(due) <= 1 or self.workers == 1:
             self._run_chunk(due)
         else:

@@ -297,7 +297,8 @@ def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) 
         decided.append(item)
     if not steps:
         return
-    errors = commit_together(steps, store)
+    # The slice's task reschedules its instances when it releases them.
+    errors = commit_together(steps, store, notify=False)
     for item, error in zip(decided, errors, strict=True):
         lifecycle = item.lifecycle
         try:
@@ -327,8 +328,12 @@ def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) 
             log.exception("instance %s: a due action failed", lifecycle.instance_id)
 
 
-def commit_together(steps: Sequence[Step], store: BatchingStateStore) -> list[Exception | None]:
+def commit_together(
+    steps: Sequence[Step], store: BatchingStateStore, *, notify: bool = True
+) -> list[Exception | None]:
     """Write every step's snapshot with one ``commit_many``, then finish each written one.
+
+    ``notify`` is ``Lifecycle._finish``'s: ``False`` when the caller reschedules.
 
     Answers, per step, ``None`` or what stopped it: the commit's refusal
     (``ConcurrentUpdate``, ``LockLost``), ``StoreUnavailable`` (for every step when
@@ -352,7 +357,7 @@ def commit_together(steps: Sequence[Step], store: BatchingStateStore) -> list[Ex
             errors.append(outcome)
             continue
         try:
-            lifecycle._finish(decision, outcome, now, lock, failure)
+            lifecycle._finish(decision, outcome, now, lock, failure, notify=notify)
         except Exception as exc:
             errors.append(exc)
             continue

@@ -349,8 +349,14 @@ class Lifecycle:
         now: float,
         lock: LockToken | None,
         failure: LoginResult | None,
+        *,
+        notify: bool = True,
     ) -> None:
-        """Everything after the decision is stored: the new state, then the world."""
+        """Everything after the decision is stored: the new state, then the world.
+
+        ``notify=False`` leaves out ``_on_change``: a fleet's batched pass reschedules
+        its instances itself, many under one lock, instead of each taking the lock.
+        """
         before = self._snap
         self._version = version
         self._snap = decision.snapshot
@@ -364,7 +370,7 @@ class Lifecycle:
             lock = None  # given back by the commit
         for command in decision.commands:
             self._command(command, lock)
-        if self._on_change is not None:
+        if notify and self._on_change is not None:
             self._on_change(self)
 
     def _publish(

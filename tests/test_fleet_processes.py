@@ -82,51 +82,61 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
 def test_four_workers_one_killed_every_instance_ends_right(prefix: str) -> None:
     client = redis.Redis.from_url(URL, decode_responses=True)
     workers = {f"w{n}": start_worker(prefix, f"w{n}", 120.0) for n in range(4)}
-    victim = workers["w0"]
-    assert wait_until(lambda: client.llen(f"{prefix}:adopted:w0") > 0, 60)
-    time.sleep(0.5)  # let the victim log some of its instances in
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.stdout is not None
-    victim.stdout.close()
+    try:
+        victim = workers["w0"]
+        assert wait_until(lambda: client.llen(f"{prefix}:adopted:w0") > 0, 60)
+        time.sleep(0.5)  # let the victim log some of its instances in
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert victim.stdout is not None
+        victim.stdout.close()
 
-    lease_keys = [f"{prefix}-lease:i{n}" for n in range(COUNT)]
+        lease_keys = [f"{prefix}-lease:i{n}" for n in range(COUNT)]
 
-    def all_leased_by_survivors() -> bool:
-        owners = client.mget(lease_keys)
-        return all(owner in ("w1", "w2", "w3") for owner in owners)
+        def all_leased_by_survivors() -> bool:
+            owners = client.mget(lease_keys)
+            return all(owner in ("w1", "w2", "w3") for owner in owners)
 
-    def all_settled() -> bool:
+        def all_settled() -> bool:
+            states = final_states(prefix)
+            return len(states) == COUNT and all(states[n] == EXPECTED[n % 4] for n in states)
+
+        picked_up = wait_until(all_leased_by_survivors, 60)
+        settled = wait_until(all_settled, 60)
+        client.set(f"{prefix}:settle", 1)
+        client.set(f"{prefix}:finish", 1)
+        reports = {}
+        for owner, process in workers.items():
+            if owner == "w0":
+                continue
+            out, _ = process.communicate(timeout=60)
+            assert process.returncode == 0, out
+            reports[owner] = json.loads(out.strip().splitlines()[-1])
+
+        assert picked_up, "the killed worker's instances were not all taken over"
+        victims = set(client.lrange(f"{prefix}:adopted:w0", 0, -1))
+        survivors = set().union(*(set(r["members"]) for r in reports.values()))
+        assert victims <= survivors
+        assert survivors == {f"i{n}" for n in range(COUNT)}
+
+        # Never two logins at once. A login the kill interrupted never counted itself
+        # out, so for those accounts (and only those) the counter starts one higher.
+        interrupted = set(client.smembers(f"{prefix}:open:w0"))
+        for n in range(COUNT):
+            seen = [int(v) for v in client.lrange(f"{prefix}:concurrent:i{n}", 0, -1)]
+            allowed = 2 if f"i{n}" in interrupted else 1
+            assert all(v <= allowed for v in seen), (n, seen)
+
         states = final_states(prefix)
-        return len(states) == COUNT and all(states[n] == EXPECTED[n % 4] for n in states)
-
-    picked_up = wait_until(all_leased_by_survivors, 60)
-    settled = wait_until(all_settled, 60)
-    client.set(f"{prefix}:settle", 1)
-    client.set(f"{prefix}:finish", 1)
-    reports = {}
-    for owner, process in workers.items():
-        if owner == "w0":
-            continue
-        out, _ = process.communicate(timeout=60)
-        assert process.returncode == 0, out
-        reports[owner] = json.loads(out.strip().splitlines()[-1])
-
-    assert picked_up, "the killed worker's instances were not all taken over"
-    victims = set(client.lrange(f"{prefix}:adopted:w0", 0, -1))
-    survivors = set().union(*(set(r["members"]) for r in reports.values()))
-    assert victims <= survivors
-    assert survivors == {f"i{n}" for n in range(COUNT)}
-
-    # Never two logins at once. A login the kill interrupted never counted itself
-    # out, so for those accounts (and only those) the counter starts one higher.
-    interrupted = set(client.smembers(f"{prefix}:open:w0"))
-    for n in range(COUNT):
-        seen = [int(v) for v in client.lrange(f"{prefix}:concurrent:i{n}", 0, -1)]
-        allowed = 2 if f"i{n}" in interrupted else 1
-        assert all(v <= allowed for v in seen), (n, seen)
-
-    states = final_states(prefix)
-    wrong = [(n, states.get(n)) for n in range(COUNT) if states.get(n) != EXPECTED[n % 4]]
-    assert settled, wrong[:10]
-    assert wrong == []
+        wrong = [(n, states.get(n)) for n in range(COUNT) if states.get(n) != EXPECTED[n % 4]]
+        assert settled, wrong[:10]
+        assert wrong == []
+    finally:
+        # A failed assertion must not leave workers writing under the prefix
+        # after the fixture has cleaned it.
+        for process in workers.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if process.stdout is not None and not process.stdout.closed:
+                process.stdout.close()

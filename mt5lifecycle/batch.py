@@ -18,8 +18,9 @@ instances a slice (``SLICE``) at a time:
    finishes exactly as ``_apply`` would (log, archive, metrics, alerts, commands).
 
 Each write is still checked on its own (its version, its lock), so a stale instance
-is refused and reloaded without touching the others, and what is stored, when and in
-what order is what the instance-by-instance path stores. Chunks run on the pool's
+is refused and reloaded without touching the others, and what is stored is what the
+instance-by-instance path stores, decided at the same moments; only the write comes
+later, at the end of its slice. Chunks run on the pool's
 threads side by side, so one chunk's round trip overlaps another's work, and a slow
 terminal holds up its own chunk only. Anything else that is due (a restart, closing
 trades, a cleanup) is left to the one-by-one path.
@@ -69,8 +70,9 @@ result, and the clock reading it was decided at."""
 Submit = Callable[[Callable[[], None]], "concurrent.futures.Future[None]"]
 """Runs a task on the fleet's worker pool; a fleet of one worker runs it at once.
 
-Tasks append to a shared list only (``list.append`` is atomic), and no two tasks of
-one pass ever hold the same instance."""
+Tasks share the list of instances left over (``list.extend`` is atomic) and the
+fleet's ``release``, which takes its lock; no two tasks of one pass ever hold the
+same instance."""
 
 
 class _Work:

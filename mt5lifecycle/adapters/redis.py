@@ -553,6 +553,15 @@ def _unavailable(exc: BaseException, instance_id: str | None) -> StoreUnavailabl
     return StoreUnavailable(backend="redis", instance_id=instance_id, detail=detail)
 
 
+def _as_error(exc: Exception, instance_id: str | None) -> Exception:
+    """What the store answers for a client error: ``StoreUnavailable`` when transient."""
+    if isinstance(exc, _transient()):
+        unavailable = _unavailable(exc, instance_id)
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
+
+
 @contextmanager
 def _reaching(instance_id: str | None) -> Iterator[None]:
     try:
@@ -560,9 +569,10 @@ def _reaching(instance_id: str | None) -> Iterator[None]:
     except LifecycleError:
         raise
     except Exception as exc:
-        if isinstance(exc, _transient()):
-            raise _unavailable(exc, instance_id) from exc
-        raise
+        error = _as_error(exc, instance_id)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _text(raw: object) -> str | None:
@@ -572,6 +582,24 @@ def _text(raw: object) -> str | None:
     if isinstance(raw, bytes):
         return raw.decode("utf-8")
     raise TypeError(f"unexpected reply from Redis: {raw!r}")
+
+
+def _spans(ids: Sequence[str]) -> list[tuple[int, int]]:
+    """``ids`` cut into runs of at most ``GROUP`` for one script call each.
+
+    An id never appears twice in one run: its second commit must run after the
+    first, and its second lock request would find its own first token held.
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < len(ids):
+        end, seen = start, set()
+        while end < len(ids) and end - start < GROUP and ids[end] not in seen:
+            seen.add(ids[end])
+            end += 1
+        spans.append((start, end))
+        start = end
+    return spans
 
 
 def _ttl_millis(ttl: object) -> int:
@@ -713,9 +741,7 @@ class RedisStateStore:
                 replies = self._pipelined(self._load, [(k[:_LOADED], []) for k in keys])
             for instance_id, instance_keys, reply in zip(chunk, keys, replies, strict=True):
                 if isinstance(reply, Exception):
-                    if isinstance(reply, _transient()):
-                        raise _unavailable(reply, instance_id) from reply
-                    raise reply
+                    raise _as_error(reply, instance_id)
                 stored = self._decode(instance_id, instance_keys, reply)
                 if stored is not None:
                     found[instance_id] = stored
@@ -782,8 +808,8 @@ class RedisStateStore:
             return self._committed(call, reply)
         except BaseException as exc:
             self._known.pop(instance_id, None)
-            if isinstance(exc, _transient()):
-                raise _unavailable(exc, instance_id) from exc
+            if isinstance(exc, Exception) and (error := _as_error(exc, instance_id)) is not exc:
+                raise error from exc
             raise
 
     def commit_many(self, items: Iterable[PendingCommit]) -> list[int | Exception]:
@@ -815,8 +841,7 @@ class RedisStateStore:
             for call, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, Exception):
                     self._known.pop(call.instance_id, None)
-                    transient = isinstance(reply, _transient())
-                    results.append(_unavailable(reply, call.instance_id) if transient else reply)
+                    results.append(_as_error(reply, call.instance_id))
                     continue
                 try:
                     results.append(self._committed(call, reply))
@@ -867,21 +892,15 @@ class RedisStateStore:
             return self._pipelined(self._commit, [(c.keys, c.args) for c in calls])
         groups: list[tuple[list[str], list[str]]] = []
         sizes: list[int] = []
-        members: set[str] = set()
-        keys: list[str] = []
-        args: list[str] = []
-        for call in calls:
-            if len(members) == GROUP or call.instance_id in members:
-                groups.append((keys, args))
-                sizes.append(len(members))
-                members, keys, args = set(), [], []
-            members.add(call.instance_id)
-            keys += call.keys
-            args.append(str(len(call.keys) - 3))
-            args += call.args
-        if members:
+        for first, last in _spans([c.instance_id for c in calls]):
+            keys: list[str] = []
+            args: list[str] = []
+            for call in calls[first:last]:
+                keys += call.keys
+                args.append(str(len(call.keys) - 3))
+                args += call.args
             groups.append((keys, args))
-            sizes.append(len(members))
+            sizes.append(last - first)
         replies: list[Any] = []
         for size, reply in zip(sizes, self._pipelined(self._commit_many, groups), strict=True):
             if isinstance(reply, Exception):
@@ -933,46 +952,28 @@ class RedisStateStore:
         millis = str(_ttl_millis(ttl))
         keys = [self._base(i) + _LOCK_TAIL for i in ids]
         tokens = [new_record_id() for _ in ids]
-        replies: list[Any] = []
-        if self._cluster:  # each instance's lock in its own slot: a call each
-            calls = [([k], [t, millis]) for k, t in zip(keys, tokens, strict=True)]
-            for start in range(0, len(calls), BATCH):
-                part = calls[start : start + BATCH]
-                try:
-                    with _reaching(None):
-                        replies += self._pipelined(self._acquire, part)
-                except StoreUnavailable as exc:
-                    if not replies:
-                        raise
-                    # The locks taken by the pipelines before stand, with their tokens.
-                    replies += [exc] * len(part)
+        # On a cluster each instance's lock is in its own slot: a call each.
+        if self._cluster:
+            script, per_pipeline = self._acquire, BATCH
+            spans = [(n, n + 1) for n in range(len(ids))]
+            calls = [([keys[n]], [tokens[n], millis]) for n in range(len(ids))]
         else:
-            groups: list[tuple[list[str], list[str]]] = []
-            start = 0
-            while start < len(ids):
-                # An id twice in one call would find its own first token held.
-                end, seen = start, set()
-                while end < len(ids) and end - start < GROUP and ids[end] not in seen:
-                    seen.add(ids[end])
-                    end += 1
-                groups.append((keys[start:end], [millis, *tokens[start:end]]))
-                start = end
-            per_pipeline = BATCH // GROUP
-            for offset in range(0, len(groups), per_pipeline):
-                part = groups[offset : offset + per_pipeline]
-                try:
-                    with _reaching(None):
-                        answered = self._pipelined(self._acquire_many, part)
-                except StoreUnavailable as exc:
-                    if not replies:
-                        raise
-                    # The locks taken by the pipelines before stand, with their tokens.
-                    answered = [exc] * len(part)
-                for (group_keys, _), reply in zip(part, answered, strict=True):
-                    if isinstance(reply, Exception):
-                        replies += [reply] * len(group_keys)
-                    else:
-                        replies += reply
+            script, per_pipeline = self._acquire_many, BATCH // GROUP
+            spans = _spans(ids)
+            calls = [(keys[a:b], [millis, *tokens[a:b]]) for a, b in spans]
+        replies: list[Any] = []
+        for offset in range(0, len(calls), per_pipeline):
+            part = calls[offset : offset + per_pipeline]
+            try:
+                with _reaching(None):
+                    answered = self._pipelined(script, part)
+            except StoreUnavailable as exc:
+                if not replies:
+                    raise
+                # The locks taken by the pipelines before stand, with their tokens.
+                answered = [exc] * len(part)
+            for (first, last), reply in zip(spans[offset:], answered, strict=False):
+                replies += reply if isinstance(reply, list) else [reply] * (last - first)
         out: list[LockToken | Exception | None] = []
         for instance_id, key, token, reply in zip(ids, keys, tokens, replies, strict=True):
             if reply == 1:
@@ -980,8 +981,7 @@ class RedisStateStore:
             elif reply == 0:
                 out.append(None)
             elif isinstance(reply, Exception):
-                transient = isinstance(reply, _transient())
-                out.append(_unavailable(reply, instance_id) if transient else reply)
+                out.append(_as_error(reply, instance_id))
             else:
                 out.append(self._wrong_type(instance_id, key, reply))
         return out
@@ -1067,14 +1067,12 @@ class RedisStateStore:
         return _Call(instance_id, snapshot, expected_version, lock, commit_id, keys, args)
 
     def _committed(self, call: _Call, reply: Any) -> int:
-        if type(reply) is int:
-            self._known[call.instance_id] = (reply, call.commit_id, call.snapshot)
-            return reply
-        code = reply[0]
-        if code == 0:
-            version = int(reply[1])
+        # _COMMIT answers a success with the version alone, _COMMIT_MANY with {0, v}.
+        if type(reply) is int or reply[0] == 0:
+            version = reply if type(reply) is int else int(reply[1])
             self._known[call.instance_id] = (version, call.commit_id, call.snapshot)
             return version
+        code = reply[0]
         instance_id = call.instance_id
         if code == -1:
             raise LockLost(instance_id=instance_id)

@@ -153,20 +153,12 @@ def _task(
 
 def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
     """``LOGIN`` or ``RECONNECT_CHECK`` (a connection check too) when batchable."""
-    if lifecycle._gone or lifecycle._snap is None:
+    if lifecycle._gone:
         return None
-    hold = lifecycle._hold_until
-    if hold is not None:
-        if hold > now:
-            return None
-        lifecycle._hold_until = None
-    snap = lifecycle._snap
-    if snap.due is not None and snap.next_due is not None and snap.next_due <= now:
-        return snap.due if snap.due in (Due.LOGIN, Due.RECONNECT_CHECK) else None
-    check = lifecycle._check_at
-    if check is not None and check <= now:
+    pending = lifecycle._pending(now)
+    if pending == "check" or pending is Due.RECONNECT_CHECK:
         return Due.RECONNECT_CHECK
-    return None
+    return Due.LOGIN if pending is Due.LOGIN else None
 
 
 def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .backends import Backends
 from .closing import close_all
@@ -286,20 +286,35 @@ class Lifecycle:
             return _NO_FACTS
         return Facts(**kwargs)
 
-    def _step(self, now: float) -> None:
+    def _pending(self, now: float) -> Due | Literal["check"] | None:
+        """What is due at ``now``: a due action, the connection check, or nothing.
+
+        A hold that has run out is lifted on the way. A fleet's batched pass asks the
+        same question, so that both paths take the same step.
+        """
         hold = self._hold_until
         if hold is not None:
             if hold > now:
-                return
+                return None
             self._hold_until = None
         snap = self._snap
         if snap is None:
+            return None
+        if snap.due is not None and snap.next_due is not None and snap.next_due <= now:
+            return snap.due
+        if self._check_at is not None and self._check_at <= now:
+            return "check"
+        return None
+
+    def _step(self, now: float) -> None:
+        pending = self._pending(now)
+        if pending is None:
             return
         try:
-            if snap.due is not None and snap.next_due is not None and snap.next_due <= now:
-                _ACTIONS[snap.due](self, now)
-            elif self._check_at is not None and self._check_at <= now:
+            if pending == "check":
                 self._check_connection(now)
+            else:
+                _ACTIONS[pending](self, now)
         except _STALE:
             self._reload()
         except _STORE_FAULTS as exc:

@@ -12,35 +12,11 @@ from pathlib import Path
 import pytest
 
 from mt5lifecycle import Credentials, Lifecycle, Reason, State
-from mt5lifecycle.adapters.mt5 import MT5Broker
 from mt5lifecycle.memory import MemoryArchive
-from mt5lifecycle.records import LoginResult, Outcome
+from mt5lifecycle.records import Outcome
 from mt5lifecycle.states import AlertKind, ConnectionState
-from mt5lifecycle.testing import FakeClock, RecordingNotifier, memory_backends, run_for
-from mt5lifecycle.testing.fake_mt5 import FakeMetaTrader5, Mt5LinuxProxy
-
-LOGIN = 5012345
-SERVER = "Broker-Demo"
-PASSWORD = "Tr1cky-pa55word"
-CREDS = Credentials(login=LOGIN, server=SERVER, password=PASSWORD)
-T0 = 1767225600.0
-
-
-class World:
-    """A fake terminal, its data folder and an ``MT5Broker`` over it (directly, or
-    through an mt5linux-shaped proxy)."""
-
-    def __init__(self, tmp_path: Path, *, proxy: bool = False, instance_id: str = "acc-1") -> None:
-        self.id = instance_id
-        self.clock = FakeClock(T0)
-        self.data_path = tmp_path / "Terminal" / "D0E8209F77C8CF37AD8BF550E51FF075"
-        self.mt5 = FakeMetaTrader5(data_path=self.data_path, clock=self.clock)
-        self.mt5.add_account(LOGIN, PASSWORD, SERVER)
-        module: object = Mt5LinuxProxy(self.mt5) if proxy else self.mt5
-        self.broker = MT5Broker({instance_id: module}, data_paths={instance_id: self.data_path})
-
-    def login(self, *, logged_in_before: bool = False, creds: Credentials = CREDS) -> LoginResult:
-        return self.broker.login(self.id, creds, logged_in_before=logged_in_before)
+from mt5lifecycle.testing import RecordingNotifier, memory_backends, run_for
+from tests.adapters.test_mt5_broker import CREDS, LOGIN, PASSWORD, SERVER, World
 
 
 class Run:

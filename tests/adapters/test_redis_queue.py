@@ -27,38 +27,16 @@ from mt5lifecycle.records import (
     ArchiveRecord,
     ClosureRecord,
     LoginFailureRecord,
-    Notification,
     Outcome,
     TradeOutcomeRecord,
     TransitionRecord,
 )
 from mt5lifecycle.snapshot import Snapshot
 from mt5lifecycle.states import Reason, State
+from tests.adapters.test_duckdb_archive import Metrics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.errors: list[tuple[str, str | None]] = []
-
-    def transition(
-        self, instance_id: str, source: State | None, dest: State | None, reason: Reason | None
-    ) -> None:
-        pass
-
-    def login(self, instance_id: str, failure: Reason | None, consecutive_failures: int) -> None:
-        pass
-
-    def alert(self, notification: Notification) -> None:
-        pass
-
-    def restart(self, instance_id: str, restart_count: int) -> None:
-        pass
-
-    def error(self, component: str, instance_id: str | None) -> None:
-        self.errors.append((component, instance_id))
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from .group_commit import BatchingStateStore, GroupCommitStore
 from .ids import check_instance_id
 from .lifecycle import Lifecycle
 from .policy import Policy
-from .ports import Leases, Stored
+from .ports import Leases, Stored, VersionReader
 from .snapshot import Snapshot
 from .states import Due, State
 
@@ -91,6 +91,8 @@ class Fleet:
         self._batching: BatchingStateStore | None = (
             state if isinstance(state, BatchingStateStore) else None
         )
+        # The periodic read-back asks versions first when the store can (_resync).
+        self._versions: VersionReader | None = state if isinstance(state, VersionReader) else None
         if (
             workers > 1
             and isinstance(state, BatchingStateStore)
@@ -311,7 +313,9 @@ class Fleet:
         An operator's ``reset`` or ``disable`` from the command line changes the state
         store, not this process: an exhausted instance has nothing due and would never
         be looked at again, and a disabled one would keep its terminal running. One
-        batched read per interval (``load_many``) brings every idle member up to date.
+        batched read per interval (``load_many``) brings every idle member up to date;
+        a store that can read versions alone (``VersionReader``) is asked those first,
+        and only the members whose version moved are read whole.
         """
         if self._resync_at is None or now < self._resync_at:
             # The first pass follows the adds, which have just read every member.
@@ -321,9 +325,19 @@ class Fleet:
         self._resync_at = now + self.policy.connection_check_interval
         with self._lock:
             idle = [i for i in self._members if i not in self._busy]
-        if not idle:
-            return
         try:
+            if self._versions is not None and idle:
+                # Most members are as this process left them: read their versions
+                # alone, and whole only the ones that moved (or went).
+                versions = self._versions.versions(idle)
+                members = self._members
+                idle = [
+                    i
+                    for i in idle
+                    if (member := members.get(i)) is not None and versions.get(i) != member._version
+                ]
+            if not idle:
+                return
             stored = self.backends.state.load_many(idle)
         except StoreUnavailable as exc:
             log.warning("could not read the stored states back: %s", exc)

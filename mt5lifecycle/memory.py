@@ -58,6 +58,15 @@ class MemoryStateStore:
                 out[instance_id] = stored
         return out
 
+    def versions(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._rows
+        out = {}
+        for instance_id in instance_ids:
+            stored = rows.get(check_instance_id(instance_id))
+            if stored is not None:
+                out[instance_id] = stored.version
+        return out
+
     def ids(self) -> Iterator[str]:
         return iter(list(self._rows))
 

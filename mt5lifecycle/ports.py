@@ -40,6 +40,7 @@ __all__ = [
     "Notifier",
     "StateStore",
     "Stored",
+    "VersionReader",
 ]
 
 
@@ -126,6 +127,24 @@ class StateStore(Protocol):
 
     def release_lock(self, lock: LockToken) -> None:
         """Give the lock back; a no-op when it is no longer this token's."""
+        ...
+
+
+@runtime_checkable
+class VersionReader(Protocol):
+    """A state store that can read versions without the fields (optional).
+
+    A ``Fleet`` reads its idle members back once per interval, to act on what another
+    process stored (an operator's reset). With this it reads each one's version and
+    loads only those that changed, so an idle instance costs one small read.
+    """
+
+    def versions(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        """The stored version of each id that has one; absent ids are left out.
+
+        A version that is not a count is left out too: the whole read that follows
+        names what is wrong with it.
+        """
         ...
 
 

@@ -233,6 +233,44 @@ def test_an_operators_reset_from_another_process_is_taken_in_and_acted_on() -> N
     assert (fleet["i1"].state, broker.is_up("i1")) == (State.INACTIVE, False)
 
 
+class CountingReads(MemoryStateStore):
+    """Records the ids each ``load_many`` reads whole."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.loaded: list[list[str]] = []
+
+    def load_many(self, instance_ids: Any) -> dict[str, Any]:
+        ids = list(instance_ids)
+        self.loaded.append(ids)
+        return super().load_many(ids)
+
+
+def test_the_read_back_loads_whole_only_the_members_another_process_changed() -> None:
+    from mt5lifecycle import Lifecycle
+
+    clock = FakeClock()
+    store = CountingReads(clock)
+    b = attrs.evolve(memory_backends(clock=clock), state=store)
+    ids = [f"i{n}" for n in range(20)]
+    for i in ids:
+        b.credentials.put(i, CREDS)
+    fleet = Fleet(b, workers=1)
+    fleet.add_many(ids)
+    run_for(fleet, clock, 1)
+    assert all(fleet[i].state is State.CONNECTED for i in ids)
+    Lifecycle("i3", b).disable()  # the operator's process
+    store.delete("i5")  # gone from the store under the fleet
+    store.loaded.clear()
+
+    run_for(fleet, clock, 61)
+
+    assert store.loaded == [["i3", "i5"]]
+    assert fleet["i3"].state is State.INACTIVE
+    assert fleet["i3"].snapshot() == store.load("i3").snapshot  # type: ignore[union-attr]
+    assert all(fleet[i].state is State.CONNECTED for i in ids if i not in ("i3", "i5"))
+
+
 def test_run_without_until_drives_until_stop() -> None:
     import threading
 

@@ -333,6 +333,32 @@ table.insert(values, 1, 0)
 return values
 """
 
+# _LOAD for many instances in one script (a restore, a fleet's read-back of its idle
+# members): one MGET for all their keys, one EXISTS for all the absent ones.
+# KEYS: per instance, the keys _LOAD reads. Returns {values, wrong}: MGET's answer
+# for every key, and {position, type, ...} for each absent key that holds another
+# type (looked for only when some absent key exists at all).
+_LOAD_MANY = """
+local values = redis.call('MGET', unpack(KEYS))
+local absent, names, wrong = {}, {}, {}
+for i = 1, #KEYS do
+  if not values[i] then
+    absent[#absent + 1] = i
+    names[#names + 1] = KEYS[i]
+  end
+end
+if #names > 0 and redis.call('EXISTS', unpack(names)) > 0 then
+  for _, i in ipairs(absent) do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' then
+      wrong[#wrong + 1] = i
+      wrong[#wrong + 1] = t
+    end
+  end
+end
+return {values, wrong}
+"""
+
 # KEYS: version, last_commit, login_lock, then the keys of the fields to write.
 # ARGV: expected version, the version this write makes, lock token ('' for none),
 # commit id, '1' to release the lock in the same write (a login's result and the
@@ -430,6 +456,13 @@ local function wrong(key, index)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' then return {-2, index, t} end
 end
+-- A version MGET read as nil is absent (a new instance) or of another type; one
+-- EXISTS for all of them says whether any needs a TYPE.
+local new = {}
+for i = 1, n do
+  if not got[3 * i - 2] then new[#new + 1] = heads[3 * i - 2] end
+end
+local foreign = #new > 0 and redis.call('EXISTS', unpack(new)) > 0
 for i = 1, n do
   local k, a = starts[i], starts[-i]
   local raw, made, held = got[3 * i - 2], got[3 * i - 1], got[3 * i]
@@ -438,7 +471,7 @@ for i = 1, n do
   local found = 0
   if raw then
     if string.match(raw, '^%d+$') then found = tonumber(raw) else answer = {-3, raw} end
-  else
+  elseif foreign then
     answer = wrong(KEYS[k], 1)
   end
   if not answer then
@@ -653,6 +686,7 @@ class RedisStateStore:
         "_commit_many",
         "_known",
         "_load",
+        "_load_many",
         "_prefix",
         "_release",
     )
@@ -684,6 +718,7 @@ class RedisStateStore:
         self._prefix = prefix
         self._cluster = cluster
         self._load: Script = client.register_script(_LOAD)
+        self._load_many: Script = client.register_script(_LOAD_MANY)
         self._commit: Script = client.register_script(_COMMIT)
         self._commit_many: Script = client.register_script(_COMMIT_MANY)
         self._acquire: Script = client.register_script(_ACQUIRE)
@@ -736,9 +771,9 @@ class RedisStateStore:
         found: dict[str, Stored] = {}
         for start in range(0, len(wanted), BATCH):
             chunk = wanted[start : start + BATCH]
-            keys = [self._keys(i) for i in chunk]
+            keys = [self._keys(i)[:_LOADED] for i in chunk]
             with _reaching(None):
-                replies = self._pipelined(self._load, [(k[:_LOADED], []) for k in keys])
+                replies = self._read_many(keys)
             for instance_id, instance_keys, reply in zip(chunk, keys, replies, strict=True):
                 if isinstance(reply, Exception):
                     raise _as_error(reply, instance_id)
@@ -746,6 +781,70 @@ class RedisStateStore:
                 if stored is not None:
                     found[instance_id] = stored
         return found
+
+    def versions(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        """Each id's stored version alone, ``BATCH`` at a time in one ``MGET``.
+
+        What a fleet's periodic read-back asks first: only the ids whose version moved
+        are then read whole. An absent version, or one that is not a count (corrupt,
+        or a key of another type, which ``MGET`` reads as absent), is left out, and
+        the whole read that follows names it.
+        """
+        ids = [check_instance_id(i) for i in instance_ids]
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            keys = [self._base(i) + _VERSION_TAIL for i in chunk]
+            with _reaching(None):
+                if self._cluster:
+                    # Any: redis-py leaves mget_nonatomic untyped.
+                    cluster: Any = self._client
+                    values = cluster.mget_nonatomic(keys)
+                else:
+                    values = self._client.mget(keys)
+            for instance_id, raw in zip(chunk, values, strict=True):
+                try:
+                    text = _text(raw)
+                except UnicodeDecodeError:
+                    continue
+                if text is not None and _COUNT.fullmatch(text) is not None:
+                    found[instance_id] = int(text)
+        return found
+
+    def _read_many(self, keys: list[list[str]]) -> list[Any]:
+        """Each instance's ``_LOAD`` answer (or the exception that stopped it), in order.
+
+        On a cluster every instance has its own slot: one ``_LOAD`` each. Else
+        ``GROUP`` instances share a ``_LOAD_MANY``, whose answer is cut back into
+        theirs here.
+        """
+        if self._cluster:
+            return self._pipelined(self._load, [(k, []) for k in keys])
+        spans = [(n, min(n + GROUP, len(keys))) for n in range(0, len(keys), GROUP)]
+        calls: list[tuple[list[str], list[str]]]
+        calls = [([key for k in keys[a:b] for key in k], []) for a, b in spans]
+        replies: list[Any] = []
+        for (first, last), reply in zip(
+            spans, self._pipelined(self._load_many, calls), strict=True
+        ):
+            if isinstance(reply, Exception):
+                replies += [reply] * (last - first)
+                continue
+            values, wrong = reply
+            if len(values) != (last - first) * _LOADED:
+                raise TypeError(
+                    f"the load script answered {len(values)} keys, not {(last - first) * _LOADED}"
+                )
+            bad: dict[int, list[Any]] = {}
+            for position, kind in zip(wrong[::2], wrong[1::2], strict=True):
+                item, index = divmod(int(position) - 1, _LOADED)
+                bad.setdefault(item, [index + 1, kind])  # the first, as _LOAD answers
+            for item in range(last - first):
+                if item in bad:
+                    replies.append(bad[item])
+                else:
+                    replies.append([0, *values[item * _LOADED : (item + 1) * _LOADED]])
+        return replies
 
     def ids(self) -> Iterator[str]:
         """Every instance id with a status key, by ``SCAN`` (it never blocks Redis).

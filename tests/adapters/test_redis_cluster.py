@@ -160,6 +160,7 @@ def test_every_method_works_across_the_nodes(client: Any) -> None:
     assert store.commit_many([(i, SNAPSHOT, 0, None) for i in ids]) == [1] * len(ids)
     assert sorted(store.ids()) == sorted(ids)
     assert store.load_many(ids) == {i: Stored(SNAPSHOT, 1) for i in ids}
+    assert store.versions([*ids, "absent"]) == dict.fromkeys(ids, 1)
 
     results = store.commit_many([(i, SNAPSHOT, 1 if n % 2 else 0, None) for n, i in enumerate(ids)])
     assert [isinstance(r, ConcurrentUpdate) for r in results] == [n % 2 == 0 for n in range(300)]

@@ -619,6 +619,58 @@ def test_load_many_crosses_batches_and_leaves_absent_ids_out(store: RedisStateSt
     assert store.load_many([]) == {}
 
 
+@pytest.mark.parametrize("suffix", ["due", "version"])
+def test_load_many_names_a_key_of_the_wrong_type_in_any_group(
+    store: RedisStateStore, raw: redis.Redis, prefix: str, suffix: str
+) -> None:
+    ids = [f"acct-{n}" for n in range(250)]
+    assert store.commit_many([(i, EXAMPLE, 0, None) for i in ids[:150]]) == [1] * 150
+    key = f"{prefix}:acct-170:{suffix}"  # an instance with nothing else stored
+    raw.rpush(key, "x")
+
+    with pytest.raises(CorruptState) as corrupt:
+        store.load_many(ids)
+
+    assert corrupt.value.key == key
+    assert corrupt.value.value == RedisType("list")
+    found = store.load_many([i for i in ids if i != "acct-170"])
+    assert set(found) == set(ids[:150])
+
+
+def test_commit_many_of_new_instances_still_checks_each_version_s_type(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    raw.hset(f"{prefix}:acct-2:version", "v", "1")
+
+    results = store.commit_many([(f"acct-{n}", EXAMPLE, 0, None) for n in range(4)])
+
+    assert results[0] == results[1] == results[3] == 1
+    assert isinstance(results[2], CorruptState)
+    assert results[2].key == f"{prefix}:acct-2:version"
+    assert raw.exists(f"{prefix}:acct-2:status") == 0
+
+
+def test_versions_reads_each_stored_version_and_leaves_out_the_rest(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    ids = [f"acct-{n}" for n in range(1200)]
+    assert store.commit_many([(i, EXAMPLE, 0, None) for i in ids[:1100]]) == [1] * 1100
+    assert store.commit("acct-1", EXAMPLE, expected_version=1) == 2
+    raw.set(f"{prefix}:acct-2:version", "two")  # corrupt: a whole read names it
+    raw.delete(f"{prefix}:acct-3:version")
+    raw.rpush(f"{prefix}:acct-3:version", "1")  # another type
+
+    versions = store.versions(ids)
+
+    assert versions["acct-1"] == 2
+    assert "acct-2" not in versions and "acct-3" not in versions
+    assert set(versions) == set(ids[:1100]) - {"acct-2", "acct-3"}
+    assert all(versions[i] == 1 for i in ids[4:1100])
+    assert store.versions([]) == {}
+    with pytest.raises(InvalidInstanceId):
+        store.versions(["acct-1", "bad id"])
+
+
 def test_commit_many_answers_per_item(store: RedisStateStore) -> None:
     store.commit("acct-1", EXAMPLE, expected_version=0)
     lock = store.acquire_lock("acct-3", 5.0)

@@ -28,20 +28,27 @@ trades, a cleanup) is left to the one-by-one path.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from .errors import ConcurrentUpdate, LockLost, StoreUnavailable
-from .group_commit import BatchingStateStore
+from .group_commit import BatchingStateStore, PendingCommit
 from .lifecycle import Lifecycle
 from .machine import Decision, Facts
 from .ports import LockToken
 from .records import LoginResult
+from .runners import Pace, Submit, run_all
 from .states import Due, TerminalStatus
 
-__all__ = ["SLICE", "LockBatchingStore", "Step", "commit_together", "run_together"]
+__all__ = [
+    "SLICE",
+    "LockBatchingStore",
+    "SendingStore",
+    "Step",
+    "run_together",
+    "start_together",
+]
 
 log = logging.getLogger("mt5lifecycle.fleet")
 
@@ -63,16 +70,20 @@ class LockBatchingStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SendingStore(Protocol):
+    """A state store that sends a batch of commits now and reads their answers later."""
+
+    def start_commit_many(
+        self, items: Sequence[PendingCommit]
+    ) -> Callable[[], list[int | Exception]]:
+        """``commit_many`` sent now; the call returned reads its answers, once."""
+        ...
+
+
 Step = tuple[Lifecycle, Decision, "LockToken | None", "LoginResult | None", float]
 """A decided transition: its instance, the decision, its lock, a failed login's
 result, and the clock reading it was decided at."""
-
-Submit = Callable[[Callable[[], None]], "concurrent.futures.Future[None]"]
-"""Runs a task on the fleet's worker pool; a fleet of one worker runs it at once.
-
-Tasks share the list of instances left over (``list.extend`` is atomic) and the
-fleet's ``release``, which takes its lock; no two tasks of one pass ever hold the
-same instance."""
 
 
 class _Work:
@@ -96,8 +107,11 @@ def run_together(
     submit: Submit,
     chunk_size: int,
     release: Callable[[list[Lifecycle]], None],
+    workers: int,
 ) -> list[Lifecycle]:
     """Run the due step of each instance that can go in a batch; return the others.
+
+    The chunks run on up to ``workers`` of the pool's threads (``runners.run_all``).
 
     The returned instances still have their step due: the caller runs them one by
     one. Every other instance has had its step (or its failure handled as
@@ -120,14 +134,16 @@ def run_together(
         for run, group in ((_check_slice, checks), (_login_slice, logins))
         for i in range(0, len(group), chunk_size)
     ]
-    for future in [submit(task) for task in tasks]:
-        error = future.exception()
-        if error is not None:  # a bug, not a backend's or a broker's answer
-            log.error("a batch of due steps failed", exc_info=error)
+    for error in run_all(tasks, submit, workers):
+        # A bug, not a backend's or a broker's answer.
+        log.error("a batch of due steps failed", exc_info=error)
     return rest
 
 
-_Slice = Callable[[list[Lifecycle], BatchingStateStore, list[Lifecycle]], None]
+_Finish = Callable[[], None]
+"""The rest of a slice once its writes are sent: read their answers, finish each."""
+
+_Slice = Callable[[list[Lifecycle], BatchingStateStore, list[Lifecycle], Pace], _Finish]
 
 
 def _task(
@@ -136,19 +152,55 @@ def _task(
     store: BatchingStateStore,
     rest: list[Lifecycle],
     release: Callable[[list[Lifecycle]], None],
-) -> Callable[[], None]:
-    def task() -> None:
-        for i in range(0, len(chunk), SLICE):
-            part = chunk[i : i + SLICE]
-            left: list[Lifecycle] = []
-            try:
-                run(part, store, left)
-            finally:
-                rest.extend(left)
-                kept = {id(lifecycle) for lifecycle in left}
-                release([lifecycle for lifecycle in part if id(lifecycle) not in kept])
+) -> Callable[[Pace], None]:
+    """One chunk's slices, one after another, on one runner.
+
+    Tasks share the list of instances left over (``list.extend`` is atomic) and the
+    fleet's ``release``, which takes its lock; no two tasks of one pass ever hold the
+    same instance.
+    """
+
+    def settle(part: list[Lifecycle], left: list[Lifecycle], finish: _Finish) -> None:
+        try:
+            finish()
+        finally:
+            rest.extend(left)
+            kept = {id(lifecycle) for lifecycle in left}
+            release([lifecycle for lifecycle in part if id(lifecycle) not in kept])
+
+    def task(pace: Pace) -> None:
+        # Each slice's writes are answered only once the next slice has been worked
+        # through: Redis runs the one while this thread decides the other.
+        sent: tuple[list[Lifecycle], list[Lifecycle], _Finish] | None = None
+        end = 0
+        try:
+            for end in range(SLICE, len(chunk) + SLICE, SLICE):
+                part = chunk[end - SLICE : end]
+                left: list[Lifecycle] = []
+                try:
+                    finish = run(part, store, left, pace)
+                except Exception:
+                    # A bug, not a backend's or a broker's answer: the other slices go on.
+                    log.exception("a batch of due steps failed")
+                    settle(part, left, _nothing)
+                    continue
+                except BaseException:
+                    settle(part, left, _nothing)
+                    raise
+                earlier, sent = sent, (part, left, finish)
+                if earlier is not None:
+                    settle(*earlier)
+        finally:
+            if sent is not None:
+                settle(*sent)
+            if end < len(chunk):
+                release(chunk[end:])  # not run (interrupted): due at the next pass
 
     return task
+
+
+def _nothing() -> None:
+    pass
 
 
 def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
@@ -161,7 +213,9 @@ def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
     return Due.LOGIN if pending is Due.LOGIN else None
 
 
-def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
+def _check_slice(
+    slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle], pace: Pace
+) -> _Finish:
     """Connection and reconnect checks: ask each terminal, write what changed.
 
     A reconnect check whose terminal is still down goes on to a login, as
@@ -171,7 +225,11 @@ def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
     logins: list[Lifecycle] = []
     for lifecycle in slice_:
         try:
-            status = lifecycle._terminal_status()
+            started = pace.begin()
+            try:
+                status = lifecycle._terminal_status()
+            finally:
+                pace.end(started)
             now = lifecycle.backends.clock.now()
             snap = lifecycle._snap
             if snap is not None and snap.due is Due.RECONNECT_CHECK:
@@ -187,11 +245,18 @@ def _check_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
                 work.append(item)
         except Exception:
             log.exception("instance %s: a due action failed", lifecycle.instance_id)
-    _write(work, store, rest)
-    _login_slice(logins, store, rest)
+    finish = _send(work, store, rest)
+    try:
+        _login_slice(logins, store, rest, pace)()
+    except BaseException:
+        finish()
+        raise
+    return finish
 
 
-def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
+def _login_slice(
+    slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle], pace: Pace
+) -> _Finish:
     """Logins: take the locks together, log in one by one, write the results together.
 
     The locks of a slice are taken at one moment and age together. Once they are a
@@ -202,7 +267,7 @@ def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
     one it has the whole TTL.
     """
     if not slice_:
-        return
+        return _nothing
     clock = slice_[0].backends.clock
     young = slice_[0].policy.lock_ttl / 4
     taken_at = clock.now()
@@ -217,7 +282,11 @@ def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
             lifecycle = item.lifecycle
             assert item.lock is not None
             try:
-                item.event, item.facts, item.lock, item.failure = lifecycle._log_in(item.lock)
+                started = pace.begin()
+                try:
+                    item.event, item.facts, item.lock, item.failure = lifecycle._log_in(item.lock)
+                finally:
+                    pace.end(started)
                 item.now = clock.now()
                 done.append(item)
             except StoreUnavailable as exc:  # the credential store is down
@@ -226,13 +295,23 @@ def _login_slice(slice_: list[Lifecycle], store: BatchingStateStore, rest: list[
             except Exception:
                 log.exception("instance %s: a due action failed", lifecycle.instance_id)
                 _give_back(item)
-        _write(done, store, rest)  # first, while the done logins' locks are young
+        finish = _send(done, store, rest)  # first, while the done logins' locks are young
         for item in late:
             _give_back(item)
             rest.append(item.lifecycle)
-    finally:
+    except BaseException:
         for item in work:
-            _give_back(item)  # any lock no write took back (an unexpected error)
+            _give_back(item)  # an unexpected error: no write takes these locks back
+        raise
+
+    def finish_and_give_back() -> None:
+        try:
+            finish()
+        finally:
+            for item in work:
+                _give_back(item)  # any lock no write took back (an unexpected error)
+
+    return finish_and_give_back
 
 
 def _locked(logins: list[Lifecycle], now: float, store: BatchingStateStore) -> list[_Work]:
@@ -273,8 +352,8 @@ def _acquire(store: BatchingStateStore, lifecycle: Lifecycle) -> LockToken | Exc
         return exc
 
 
-def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) -> None:
-    """Decide each step, write them with one ``commit_many``, finish each."""
+def _send(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) -> _Finish:
+    """Decide each step and send their writes together; the call returned finishes each."""
     steps: list[Step] = []
     decided: list[_Work] = []
     for item in work:
@@ -290,9 +369,14 @@ def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) 
         steps.append((lifecycle, decision, item.lock, item.failure, item.now))
         decided.append(item)
     if not steps:
-        return
+        return _nothing
     # The slice's task reschedules its instances when it releases them.
-    errors = commit_together(steps, store, notify=False)
+    answers = start_together(steps, store, notify=False)
+    return lambda: _finish(decided, answers(), rest)
+
+
+def _finish(decided: list[_Work], errors: list[Exception | None], rest: list[Lifecycle]) -> None:
+    """After the writes: what each refused or failed write leads to, and the locks."""
     for item, error in zip(decided, errors, strict=True):
         lifecycle = item.lifecycle
         try:
@@ -322,41 +406,58 @@ def _write(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) 
             log.exception("instance %s: a due action failed", lifecycle.instance_id)
 
 
-def commit_together(
+def start_together(
     steps: Sequence[Step], store: BatchingStateStore, *, notify: bool = True
-) -> list[Exception | None]:
-    """Write every step's snapshot with one ``commit_many``, then finish each written one.
+) -> Callable[[], list[Exception | None]]:
+    """Send every step's snapshot with one ``commit_many``; the call returned finishes
+    each written one and answers, per step, ``None`` or what stopped it.
 
     ``notify`` is ``Lifecycle._finish``'s: ``False`` when the caller reschedules.
+    What stops a step: the commit's refusal (``ConcurrentUpdate``, ``LockLost``),
+    ``StoreUnavailable`` (for every step when the connection went mid-pipeline: any
+    of them may have landed, and each one's next write from the old version is
+    refused, so it reloads), or an error of a nested transition while finishing.
 
-    Answers, per step, ``None`` or what stopped it: the commit's refusal
-    (``ConcurrentUpdate``, ``LockLost``), ``StoreUnavailable`` (for every step when
-    the connection went mid-pipeline: any of them may have landed, and each one's
-    next write from the old version is refused, so it reloads), or an error of a
-    nested transition while finishing.
+    A store that can (``SendingStore``) answers when that call is made, so the
+    caller works on while Redis writes; another writes here and now. The call must
+    be made once, and soon: until then the writes may hold one of the store's
+    connections.
     """
-    outcomes: Sequence[int | Exception]
+    items = [
+        (lifecycle.instance_id, decision.snapshot, lifecycle._version, lock)
+        for lifecycle, decision, lock, _, _ in steps
+    ]
+    answers: Callable[[], Sequence[int | Exception]]
     try:
-        outcomes = store.commit_many(
-            [
-                (lifecycle.instance_id, decision.snapshot, lifecycle._version, lock)
-                for lifecycle, decision, lock, _, _ in steps
-            ]
-        )
+        if isinstance(store, SendingStore):
+            answers = store.start_commit_many(items)
+        else:
+            written = store.commit_many(items)
+            answers = lambda: written  # noqa: E731 - the answers in hand
     except StoreUnavailable as exc:
-        outcomes = [exc] * len(steps)
-    errors: list[Exception | None] = []
-    for (lifecycle, decision, lock, failure, now), outcome in zip(steps, outcomes, strict=True):
-        if isinstance(outcome, Exception):
-            errors.append(outcome)
-            continue
+        failed = [exc] * len(steps)
+        answers = lambda: failed  # noqa: E731 - the answers in hand
+
+    def finish() -> list[Exception | None]:
+        outcomes: Sequence[int | Exception]
         try:
-            lifecycle._finish(decision, outcome, now, lock, failure, notify=notify)
-        except Exception as exc:
-            errors.append(exc)
-            continue
-        errors.append(None)
-    return errors
+            outcomes = answers()
+        except StoreUnavailable as exc:
+            outcomes = [exc] * len(steps)
+        errors: list[Exception | None] = []
+        for (lifecycle, decision, lock, failure, now), outcome in zip(steps, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                errors.append(outcome)
+                continue
+            try:
+                lifecycle._finish(decision, outcome, now, lock, failure, notify=notify)
+            except Exception as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+        return errors
+
+    return finish
 
 
 def _give_back(item: _Work) -> None:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .backends import Backends
-from .batch import Step, commit_together, run_together
+from .batch import SLICE, Step, run_together, start_together
 from .clock import SystemClock
 from .errors import InvalidTransition, StoreUnavailable, Unrecoverable
 from .group_commit import BatchingStateStore, GroupCommitStore
@@ -236,44 +236,83 @@ class Fleet:
         have had its ``start`` written, and whoever adds it next resumes it.
         """
         now = self.backends.clock.now()
-        fresh: list[Step] = []
         joined: dict[str, Lifecycle] = {}
         failed: tuple[str, BaseException] | None = None
-        for instance_id in ids:
-            lifecycle = self._member(instance_id)
+        # A write (or what follows it) failed: nothing after it begins. Writes settle
+        # in the order of ``ids``, all before a failure of the loop, so the first
+        # failure in that order wins.
+        stopped = False
+        fresh: list[Step] = []
+        sent: tuple[list[Step], Callable[[], list[Exception | None]]] | None = None
+
+        def stop(instance_id: str, exc: BaseException) -> None:
+            nonlocal failed, stopped
+            if not stopped:
+                failed, stopped = (instance_id, exc), True
+
+        def settle() -> None:
+            nonlocal sent
+            if sent is None:
+                return
+            steps, finish = sent
+            sent = None
             try:
-                facts = lifecycle._resume(stored.get(instance_id))
-                if facts is None:
+                errors = finish()
+            except BaseException as exc:
+                stop(steps[0][0].instance_id, exc)
+                return
+            for (lifecycle, *_), error in zip(steps, errors, strict=True):
+                if stopped:
+                    return
+                try:
+                    if error is not None:
+                        raise error
                     lifecycle._begin()
                     self._enlist(lifecycle)
-                    joined[instance_id] = lifecycle
-                else:
-                    decision = lifecycle._decide("start", facts, now)
-                    fresh.append((lifecycle, decision, None, None, now))
-            except BaseException as exc:
-                failed = (instance_id, exc)
-                break
-        errors: list[Exception | None] = []
-        try:
-            if fresh:
-                errors = commit_together(fresh, store)
-        except BaseException as exc:
-            failed = (fresh[0][0].instance_id, exc)
-        for (lifecycle, *_), error in zip(fresh[: len(errors)], errors, strict=True):
-            # ``fresh`` holds only ids before the loop's failure: its first error wins.
+                    joined[lifecycle.instance_id] = lifecycle
+                except BaseException as exc:
+                    stop(lifecycle.instance_id, exc)
+
+        def send(steps: list[Step]) -> None:
+            # The next slice is decided while Redis writes this one.
+            nonlocal sent
             try:
-                if error is not None:
-                    raise error
-                lifecycle._begin()
-                self._enlist(lifecycle)
-                joined[lifecycle.instance_id] = lifecycle
+                finish = start_together(steps, store)
             except BaseException as exc:
-                failed = (lifecycle.instance_id, exc)
-                break
-        stop = ids.index(failed[0]) if failed is not None else len(ids)
-        for instance_id in ids[stop:]:
+                settle()
+                stop(steps[0][0].instance_id, exc)
+                return
+            settle()
+            sent = (steps, finish)
+
+        try:
+            for instance_id in ids:
+                if stopped:
+                    break
+                lifecycle = self._member(instance_id)
+                try:
+                    facts = lifecycle._resume(stored.get(instance_id))
+                    if facts is None:
+                        lifecycle._begin()
+                        self._enlist(lifecycle)
+                        joined[instance_id] = lifecycle
+                    else:
+                        decision = lifecycle._decide("start", facts, now)
+                        fresh.append((lifecycle, decision, None, None, now))
+                        if len(fresh) == SLICE:
+                            send(fresh)
+                            fresh = []
+                except BaseException as exc:
+                    failed = (instance_id, exc)
+                    break
+            if fresh and not stopped:
+                send(fresh)
+        finally:
+            settle()
+        stop_at = ids.index(failed[0]) if failed is not None else len(ids)
+        for instance_id in ids[stop_at:]:
             self._drop(instance_id)  # joined after the failure, or half-enlisted
-        added += [joined[i] for i in ids[:stop] if i in joined]
+        added += [joined[i] for i in ids[:stop_at] if i in joined]
         if failed is not None:
             raise failed[1]
 
@@ -424,7 +463,9 @@ class Fleet:
         size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
         if self._batching is not None and len(due) > 1:
             try:
-                due = run_together(due, now, self._batching, self._submit, size, self._release_many)
+                due = run_together(
+                    due, now, self._batching, self._submit, size, self._release_many, self.workers
+                )
             except Exception:
                 # A bug, or a pool shut down under us: nothing may stay marked busy.
                 log.exception("the batched pass failed; its instances wait for the next")

@@ -56,6 +56,35 @@ class CountingStore(MemoryStateStore):
             return exc
 
 
+class Sending:
+    """``start_commit_many`` as Redis answers it: written when sent, answered when read.
+
+    A mixin for a ``CountingStore``: an outage of its ``commit_many`` comes out when
+    the answers are read, as a connection lost after the send would.
+    """
+
+    def start_commit_many(self, items: Iterable[Any]) -> Any:
+        items = list(items)
+        log: list[tuple[str, int]] = self.__dict__.setdefault("log", [])
+        log.append(("send", len(items)))
+        try:
+            answers: Any = self.commit_many(items)  # type: ignore[attr-defined]
+        except StoreUnavailable as exc:
+            answers = exc
+
+        def read() -> list[int | Exception]:
+            log.append(("answer", len(items)))
+            if isinstance(answers, Exception):
+                raise answers
+            return list(answers)
+
+        return read
+
+
+class SendingStore(Sending, CountingStore):
+    pass
+
+
 class FlakyCredentials(MemoryCredentialStore):
     def __init__(self) -> None:
         super().__init__()
@@ -430,7 +459,103 @@ def test_a_reconnect_check_whose_terminal_is_down_asks_it_once_then_logs_in() ->
     fleet.close()
 
 
-def test_add_many_stops_at_an_id_that_cannot_start(workers: int) -> None:
+def many_due(n: int, store: CountingStore, workers: int) -> tuple[Fleet, FakeClock]:
+    clock = FakeClock()
+    store._clock = clock
+    backends = attrs.evolve(memory_backends(clock=clock), state=store)
+    ids = [f"m{i}" for i in range(n)]
+    for instance_id in ids:
+        backends.credentials.put(instance_id, CREDS)
+    fleet = Fleet(backends, POLICY, workers=workers)
+    fleet.add_many(ids)
+    return fleet, clock
+
+
+def test_each_slice_is_answered_once_after_the_next_is_sent() -> None:
+    store = SendingStore(FakeClock())
+    fleet, clock = many_due(250, store, workers=1)
+    # add_many: the starts of three slices, each answered after the next was sent
+    assert store.log == [
+        ("send", 100),
+        ("send", 100),
+        ("answer", 100),
+        ("send", 50),
+        ("answer", 100),
+        ("answer", 50),
+    ]
+    store.log.clear()
+
+    fleet.run_due()  # 250 logins: chunks of 62 (a quarter per worker) and the 2 left
+
+    assert states(fleet) == {State.CONNECTED}
+    assert store.log == [("send", 62), ("answer", 62)] * 4 + [("send", 2), ("answer", 2)]
+    store.log.clear()
+    big, _ = many_due(1000, SendingStore(FakeClock()), workers=1)
+    log = big.backends.state.log  # type: ignore[attr-defined]
+    log.clear()
+    big.run_due()  # four chunks of 250: slices of 100, 100 and 50 each
+    assert log == [
+        ("send", 100),
+        ("send", 100),
+        ("answer", 100),
+        ("send", 50),
+        ("answer", 100),
+        ("answer", 50),
+    ] * 4
+    assert states(big) == {State.CONNECTED}
+
+
+def test_a_store_outage_read_with_the_answers_holds_the_slice_off(workers: int) -> None:
+    store = SendingStore(FakeClock())
+    fleet, clock = many_due(250, store, workers)
+    store.outages = 1
+
+    fleet.run_due()
+
+    sends = [n for kind, n in store.log if kind == "send"]
+    answers = [n for kind, n in store.log if kind == "answer"]
+    assert sorted(sends) == sorted(answers)  # every send read once, the lost one too
+    connecting = [i for i in fleet if fleet[i].state is State.CONNECTING]
+    assert 0 < len(connecting) < 250
+    run_for(fleet, clock, POLICY.transient_retry_delay + 1)
+    assert states(fleet) == {State.CONNECTED}
+    fleet.close()
+
+
+def test_a_slice_that_fails_leaves_the_rest_of_its_chunk_to_go_on() -> None:
+    store = SendingStore(FakeClock())
+    fleet, clock = many_due(1000, store, workers=1)
+    store.log.clear()
+    original = store.acquire_many
+    calls = 0
+
+    def second_fails(ids: Any, ttl: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug in a store")
+        return original(ids, ttl)
+
+    store.acquire_many = second_fails  # type: ignore[method-assign]
+    fleet.run_due()
+
+    # The second slice of the first chunk fails: the first is answered after the third.
+    assert store.log[:4] == [("send", 100), ("send", 50), ("answer", 100), ("answer", 50)]
+    assert len([1 for kind, _ in store.log if kind == "send"]) == len(
+        [1 for kind, _ in store.log if kind == "answer"]
+    )
+    assert sum(fleet[i].state is State.CONNECTED for i in fleet) == 900
+    del store.acquire_many
+    run_for(fleet, clock, 1)
+    assert states(fleet) == {State.CONNECTED}
+
+
+@pytest.fixture(params=[False, True], ids=["written at once", "answered later"])
+def sending(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def test_add_many_stops_at_an_id_that_cannot_start(workers: int, sending: bool) -> None:
     clock = FakeClock()
 
     class Refusing(CountingStore):
@@ -444,7 +569,8 @@ def test_add_many_stops_at_an_id_that_cannot_start(workers: int) -> None:
                 for item, answer in zip(items, out, strict=True)
             ]
 
-    backends = attrs.evolve(memory_backends(clock=clock), state=Refusing(clock))
+    kind = type("SendingRefusing", (Sending, Refusing), {}) if sending else Refusing
+    backends = attrs.evolve(memory_backends(clock=clock), state=kind(clock))
     for instance_id in IDS:
         backends.credentials.put(instance_id, CREDS)
     Lifecycle("i7", backends, POLICY).start()  # stored: it resumes
@@ -457,7 +583,9 @@ def test_add_many_stops_at_an_id_that_cannot_start(workers: int) -> None:
     fleet.close()
 
 
-def test_add_many_after_a_failed_write_leaves_no_member_behind(workers: int) -> None:
+def test_add_many_after_a_failed_write_leaves_no_member_behind(
+    workers: int, sending: bool
+) -> None:
     clock = FakeClock()
 
     class Failing(CountingStore):
@@ -469,7 +597,8 @@ def test_add_many_after_a_failed_write_leaves_no_member_behind(workers: int) -> 
                 raise RuntimeError("a bug in a store")
             return super().commit_many(items)
 
-    backends = attrs.evolve(memory_backends(clock=clock), state=Failing(clock))
+    kind = type("SendingFailing", (Sending, Failing), {}) if sending else Failing
+    backends = attrs.evolve(memory_backends(clock=clock), state=kind(clock))
     for instance_id in ("a0", "a1", "a2"):
         backends.credentials.put(instance_id, CREDS)
     Lifecycle("a1", backends, POLICY).start()  # stored: it resumes

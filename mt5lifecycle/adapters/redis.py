@@ -923,36 +923,113 @@ class RedisStateStore:
         raises ``StoreUnavailable`` for the call: any of its items may have landed,
         each whole or not at all, so the caller reloads before deciding again.
         """
+        return self._commit_calls(self._calls(items))
+
+    def start_commit_many(
+        self, items: Iterable[PendingCommit]
+    ) -> Callable[[], list[int | Exception]]:
+        """``commit_many``'s writes sent now; the call returned reads their answers.
+
+        Why: a fleet decides the next instances while Redis runs these writes, so
+        neither waits on the other. Bad input raises here, before anything is sent.
+        The answers are ``commit_many``'s, and the call raises ``StoreUnavailable``
+        where ``commit_many`` would. Until it is made, the pool connection the
+        writes went on is theirs: make it once, soon. On a cluster, for more than
+        ``BATCH`` items, or on a client without a connection pool of its own to
+        lend (``single_connection_client``), the writes are made here and now.
+        """
+        calls = self._calls(items)
+        client = self._client
+        from redis import Redis
+
+        if (
+            self._cluster
+            or len(calls) > BATCH
+            or not isinstance(client, Redis)
+            or client.connection is not None
+        ):
+            results = self._commit_calls(calls)
+            return lambda: results
+        groups, sizes = self._groups(calls)
+        script = self._commit_many
+        pool = client.connection_pool
+        try:
+            with _reaching(None):
+                # Any: redis-py leaves a connection's methods untyped.
+                connection: Any = pool.get_connection()
+                try:
+                    connection.send_packed_command(
+                        connection.pack_commands(
+                            [("EVALSHA", script.sha, len(k), *k, *a) for k, a in groups]
+                        )
+                    )
+                except BaseException:
+                    connection.disconnect()
+                    pool.release(connection)
+                    raise
+        except BaseException:
+            self._forget(calls)
+            raise
+
+        def answers() -> list[int | Exception]:
+            from redis.exceptions import NoScriptError, ResponseError
+
+            replies: list[Any] = []
+            try:
+                with _reaching(None):
+                    try:
+                        for _ in groups:
+                            try:
+                                replies.append(connection.read_response())
+                            except ResponseError as exc:
+                                replies.append(exc)
+                    except BaseException:
+                        connection.disconnect()  # replies left unread: never reuse it
+                        raise
+                    finally:
+                        pool.release(connection)
+                    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                    if missing:
+                        # Those scripts did not run (a restarted or flushed server):
+                        # load the script and send them again.
+                        again = self._pipelined_on(client, script, [groups[i] for i in missing])
+                        for i, reply in zip(missing, again, strict=True):
+                            replies[i] = reply
+            except BaseException:
+                self._forget(calls)
+                raise
+            return self._answers(calls, self._ungroup(sizes, replies))
+
+        return answers
+
+    def _calls(self, items: Iterable[PendingCommit]) -> list[_Call]:
         calls: list[_Call] = []
         for item in items:
             instance_id, snapshot, expected_version, lock = item
             check_instance_id(instance_id)
             calls.append(self._commit_call(instance_id, snapshot, expected_version, lock))
+        return calls
+
+    def _commit_calls(self, calls: list[_Call]) -> list[int | Exception]:
         results: list[int | Exception] = []
         for start in range(0, len(calls), BATCH):
             chunk = calls[start : start + BATCH]
             try:
-                replies = self._commit_pipelined(chunk)
+                with _reaching(None):
+                    replies = self._send_commits(chunk)
             except BaseException:
-                for call in chunk:
-                    self._known.pop(call.instance_id, None)
+                self._forget(chunk)
                 raise
-            for call, reply in zip(chunk, replies, strict=True):
-                if isinstance(reply, Exception):
-                    self._known.pop(call.instance_id, None)
-                    results.append(_as_error(reply, call.instance_id))
-                    continue
-                try:
-                    results.append(self._committed(call, reply))
-                except LifecycleError as exc:
-                    self._known.pop(call.instance_id, None)
-                    results.append(exc)
+            results += self._answers(chunk, replies)
         return results
 
-    def _commit_pipelined(self, chunk: list[_Call]) -> list[Any]:
-        """One pipeline of commits; the rare change refused for its base goes again whole."""
-        with _reaching(None):
-            replies = self._send_commits(chunk)
+    def _forget(self, calls: list[_Call]) -> None:
+        """Their writes are in doubt: the next commit of each sends its whole state."""
+        for call in calls:
+            self._known.pop(call.instance_id, None)
+
+    def _answers(self, chunk: list[_Call], replies: list[Any]) -> list[int | Exception]:
+        """Each call's new version or error; a change refused for its base goes again whole."""
         again = [
             i
             for i, reply in enumerate(replies)
@@ -978,17 +1055,37 @@ class RedisStateStore:
             for i, call, reply in zip(again, whole, retried, strict=True):
                 chunk[i] = call
                 replies[i] = reply
-        return replies
+        results: list[int | Exception] = []
+        for call, reply in zip(chunk, replies, strict=True):
+            if isinstance(reply, Exception):
+                self._known.pop(call.instance_id, None)
+                results.append(_as_error(reply, call.instance_id))
+                continue
+            try:
+                results.append(self._committed(call, reply))
+            except LifecycleError as exc:
+                self._known.pop(call.instance_id, None)
+                results.append(exc)
+        return results
 
     def _send_commits(self, calls: list[_Call]) -> list[Any]:
         """Each call's script answer (or the exception that stopped it), in order.
 
         On a cluster every instance has its own slot: one ``_COMMIT`` per call. Else
-        the calls go ``GROUP`` to a ``_COMMIT_MANY``; a second commit of an instance
-        already in the group starts the next group, so that it runs after the first.
+        the calls go ``GROUP`` to a ``_COMMIT_MANY``.
         """
         if self._cluster:
             return self._pipelined(self._commit, [(c.keys, c.args) for c in calls])
+        groups, sizes = self._groups(calls)
+        return self._ungroup(sizes, self._pipelined(self._commit_many, groups))
+
+    @staticmethod
+    def _groups(calls: list[_Call]) -> tuple[list[tuple[list[str], list[str]]], list[int]]:
+        """``_COMMIT_MANY`` calls of ``GROUP`` commits, and the size of each.
+
+        A second commit of an instance already in a group starts the next group, so
+        that it runs after the first.
+        """
         groups: list[tuple[list[str], list[str]]] = []
         sizes: list[int] = []
         for first, last in _spans([c.instance_id for c in calls]):
@@ -1000,15 +1097,20 @@ class RedisStateStore:
                 args += call.args
             groups.append((keys, args))
             sizes.append(last - first)
-        replies: list[Any] = []
-        for size, reply in zip(sizes, self._pipelined(self._commit_many, groups), strict=True):
+        return groups, sizes
+
+    @staticmethod
+    def _ungroup(sizes: list[int], replies: list[Any]) -> list[Any]:
+        """The groups' answers as one answer per commit."""
+        out: list[Any] = []
+        for size, reply in zip(sizes, replies, strict=True):
             if isinstance(reply, Exception):
-                replies += [reply] * size
+                out += [reply] * size
             elif len(reply) != size:
                 raise TypeError(f"the commit script answered {len(reply)} items, not {size}")
             else:
-                replies += reply
-        return replies
+                out += reply
+        return out
 
     def delete(self, instance_id: str) -> None:
         """Remove every key of the instance, the lock included, in one ``DEL``."""

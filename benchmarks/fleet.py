@@ -637,6 +637,9 @@ class Phase:
         self.server_cpu = server_cpu(self.admin) - self.server_cpu
         self.commands = delta(self.stats, commandstats(self.admin))
         self.transitions = versions(self.lcs()) - self.versions
+        # Kept phases must not keep their fleet alive: a heap of earlier rounds'
+        # instances would make the garbage collector slow down the later rounds.
+        del self.lcs, self.admin
 
     def cpu_line(self) -> str:
         t = max(self.transitions, 1)

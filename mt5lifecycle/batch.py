@@ -38,7 +38,7 @@ from .lifecycle import Lifecycle
 from .machine import Decision, Facts
 from .ports import LockToken
 from .records import LoginResult
-from .runners import Pace, Submit, run_all
+from .runners import Pace, Submit, Task, run_all
 from .states import Due, TerminalStatus
 
 __all__ = [
@@ -129,12 +129,16 @@ def run_together(
             logins.append(lifecycle)
         else:
             checks.append(lifecycle)
-    tasks = [
-        _task(run, group[i : i + chunk_size], store, rest, release)
-        for run, group in ((_check_slice, checks), (_login_slice, logins))
-        for i in range(0, len(group), chunk_size)
-    ]
-    for error in run_all(tasks, submit, workers):
+    chunks: dict[Task, list[Lifecycle]] = {}
+    for run, group in ((_check_slice, checks), (_login_slice, logins)):
+        for i in range(0, len(group), chunk_size):
+            chunk = group[i : i + chunk_size]
+            chunks[_task(run, chunk, store, rest, release)] = chunk
+
+    def abandon(task: Task) -> None:
+        release(chunks[task])  # never started (interrupted): due at the next pass
+
+    for error in run_all(list(chunks), submit, workers, abandon):
         # A bug, not a backend's or a broker's answer.
         log.error("a batch of due steps failed", exc_info=error)
     return rest
@@ -152,7 +156,7 @@ def _task(
     store: BatchingStateStore,
     rest: list[Lifecycle],
     release: Callable[[list[Lifecycle]], None],
-) -> Callable[[Pace], None]:
+) -> Task:
     """One chunk's slices, one after another, on one runner.
 
     Tasks share the list of instances left over (``list.extend`` is atomic) and the

@@ -18,7 +18,7 @@ import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["FIRST", "TICK", "Pace", "Submit", "run_all"]
+__all__ = ["FIRST", "TICK", "Pace", "Submit", "Task", "run_all"]
 
 FIRST = 2
 """Runners a pass starts with."""
@@ -26,6 +26,9 @@ FIRST = 2
 TICK = 0.02
 """How often, in seconds, the waiting thread looks at the runners; also how long a
 blocking call lasts before its runner counts as stuck."""
+
+Task = Callable[["Pace"], None]
+"""One unit of a pass, told its runner's ``Pace``."""
 
 Submit = Callable[[Callable[[], None]], "concurrent.futures.Future[None]"]
 """Runs a runner on the fleet's worker pool; a fleet of one worker runs it at once."""
@@ -52,21 +55,31 @@ class Pace:
 
 
 def run_all(
-    tasks: Sequence[Callable[[Pace], None]], submit: Submit, most: int
-) -> list[BaseException]:
+    tasks: Sequence[Task],
+    submit: Submit,
+    most: int,
+    abandon: Callable[[Task], None],
+) -> list[Exception]:
     """Run every task, each once, on ``FIRST`` to ``most`` runners; their exceptions.
 
     ``submit`` runs a runner on the pool (at once, in this thread, for a pool of
-    one). A task that raises does not stop the others. Returns when every task has
-    ended.
+    one). A task that raises an ``Exception`` does not stop the others. Returns when
+    every task has ended. Anything else a task raises (``KeyboardInterrupt``) stops
+    the runners taking tasks: each task that has not started is handed to
+    ``abandon``, and the first such exception is raised once every runner has
+    stopped. Only when no runner could start at all does ``submit``'s error come out
+    with every task unstarted and none abandoned.
     """
+    if most < 1:
+        raise ValueError(f"run_all needs at least one runner, not {most!r}")
     queue = collections.deque(tasks)
     paces: list[Pace] = []
     futures: list[concurrent.futures.Future[None]] = []
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
+    fatal: list[BaseException] = []
 
     def runner(pace: Pace) -> None:
-        while True:
+        while not fatal:
             try:
                 task = queue.popleft()
             except IndexError:
@@ -75,27 +88,47 @@ def run_all(
                 task(pace)
             except Exception as exc:  # the others still run: each holds its instances
                 errors.append(exc)
+            except BaseException as exc:
+                fatal.append(exc)
+                raise
 
-    def spawn() -> None:
+    def spawn() -> bool:
         pace = Pace()
+        try:
+            future = submit(lambda: runner(pace))
+        except Exception:
+            if futures:
+                return False  # the runners there are carry on (a pool shutting down)
+            raise
         paces.append(pace)
-        futures.append(submit(lambda: runner(pace)))
+        futures.append(future)
+        return True
 
     for _ in range(min(FIRST, most, len(tasks))):
-        spawn()
+        if not spawn():
+            break
     waited = 0.0
     looked = time.perf_counter()
+    grow = True
     while True:
-        room = bool(queue) and len(paces) < most
+        room = grow and bool(queue) and len(paces) < most and not fatal
         _, pending = concurrent.futures.wait(futures, timeout=TICK if room else None)
         if not pending:
             break
-        if not queue or len(paces) >= most:
+        if not room:
             continue
         now = time.perf_counter()
         total = sum(pace.waited for pace in paces)
         stuck = any(pace.since and now - pace.since > TICK for pace in paces)
         if stuck or total - waited > (now - looked) * len(pending) / 2:
-            spawn()
+            grow = spawn()
         waited, looked = total, now
-    return errors + [error for future in futures if (error := future.exception()) is not None]
+    while queue:
+        abandon(queue.popleft())
+    for future in futures:
+        error = future.exception()
+        if error is not None and not isinstance(error, Exception) and error not in fatal:
+            fatal.append(error)  # raised by the runner itself, outside a task
+    if fatal:
+        raise fatal[0]
+    return errors

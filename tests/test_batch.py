@@ -63,9 +63,11 @@ class Sending:
     the answers are read, as a connection lost after the send would.
     """
 
+    log: list[tuple[str, int]]
+
     def start_commit_many(self, items: Iterable[Any]) -> Any:
         items = list(items)
-        log: list[tuple[str, int]] = self.__dict__.setdefault("log", [])
+        log = self.__dict__.setdefault("log", [])
         log.append(("send", len(items)))
         try:
             answers: Any = self.commit_many(items)  # type: ignore[attr-defined]
@@ -473,7 +475,7 @@ def many_due(n: int, store: CountingStore, workers: int) -> tuple[Fleet, FakeClo
 
 def test_each_slice_is_answered_once_after_the_next_is_sent() -> None:
     store = SendingStore(FakeClock())
-    fleet, clock = many_due(250, store, workers=1)
+    fleet, _ = many_due(250, store, workers=1)
     # add_many: the starts of three slices, each answered after the next was sent
     assert store.log == [
         ("send", 100),
@@ -494,14 +496,18 @@ def test_each_slice_is_answered_once_after_the_next_is_sent() -> None:
     log = big.backends.state.log  # type: ignore[attr-defined]
     log.clear()
     big.run_due()  # four chunks of 250: slices of 100, 100 and 50 each
-    assert log == [
-        ("send", 100),
-        ("send", 100),
-        ("answer", 100),
-        ("send", 50),
-        ("answer", 100),
-        ("answer", 50),
-    ] * 4
+    assert (
+        log
+        == [
+            ("send", 100),
+            ("send", 100),
+            ("answer", 100),
+            ("send", 50),
+            ("answer", 100),
+            ("answer", 50),
+        ]
+        * 4
+    )
     assert states(big) == {State.CONNECTED}
 
 
@@ -536,7 +542,7 @@ def test_a_slice_that_fails_leaves_the_rest_of_its_chunk_to_go_on() -> None:
             raise RuntimeError("a bug in a store")
         return original(ids, ttl)
 
-    store.acquire_many = second_fails  # type: ignore[method-assign]
+    store.acquire_many = second_fails  # type: ignore[method-assign,assignment]
     fleet.run_due()
 
     # The second slice of the first chunk fails: the first is answered after the third.
@@ -583,9 +589,7 @@ def test_add_many_stops_at_an_id_that_cannot_start(workers: int, sending: bool) 
     fleet.close()
 
 
-def test_add_many_after_a_failed_write_leaves_no_member_behind(
-    workers: int, sending: bool
-) -> None:
+def test_add_many_after_a_failed_write_leaves_no_member_behind(workers: int, sending: bool) -> None:
     clock = FakeClock()
 
     class Failing(CountingStore):

@@ -173,7 +173,12 @@ def test_every_method_works_across_the_nodes(client: Any) -> None:
     with pytest.raises(LockLost):
         store.commit("acct-7", SNAPSHOT, expected_version=3, lock=lock)
 
-    for i in ids:
+    later = [f"later-{n}" for n in range(60)]
+    answers = store.start_commit_many([(i, SNAPSHOT, 0, None) for i in later])
+    assert answers() == [1] * 60
+    assert store.load_many(later) == {i: Stored(SNAPSHOT, 1) for i in later}
+
+    for i in [*ids, *later]:
         store.delete(i)
     assert list(store.ids()) == []
 

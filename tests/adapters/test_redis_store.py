@@ -404,9 +404,9 @@ def test_a_store_builds_on_what_it_loaded(
     assert whole(raw, prefix, "acct-1") == spec_values(changed)
 
 
-@pytest.mark.parametrize("many", [False, True], ids=["commit", "commit_many"])
+@pytest.mark.parametrize("many", ["commit", "commit_many", "start_commit_many"])
 def test_a_change_is_never_laid_over_a_state_it_did_not_build_on(
-    client: redis.Redis, store: RedisStateStore, raw: redis.Redis, prefix: str, many: bool
+    client: redis.Redis, store: RedisStateStore, raw: redis.Redis, prefix: str, many: str
 ) -> None:
     # Another writer deletes the instance and writes it anew up to the same version
     # number: the version alone cannot tell the two states apart, so a change to the
@@ -421,8 +421,10 @@ def test_a_change_is_never_laid_over_a_state_it_did_not_build_on(
     changed = attrs.evolve(EXAMPLE, login_attempt_count=3)
     assert sent_fields(store, "acct-1", changed, 1) == {"login_attempt_count"}
 
-    if many:
+    if many == "commit_many":
         assert store.commit_many([("acct-1", changed, 1, None)]) == [2]
+    elif many == "start_commit_many":
+        assert store.start_commit_many([("acct-1", changed, 1, None)])() == [2]
     else:
         assert store.commit("acct-1", changed, expected_version=1) == 2
 
@@ -695,6 +697,99 @@ def test_commit_many_answers_per_item(store: RedisStateStore) -> None:
     assert isinstance(results[4], LockLost)
     assert store.load("acct-4") is None
     assert store.commit_many([]) == []
+
+
+def test_start_commit_many_answers_later_what_commit_many_answers(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.commit("acct-1", EXAMPLE, expected_version=0)
+    held = store.acquire_lock("acct-3", 5.0)
+    assert held is not None
+    lock = attrs.evolve(held, release_on_commit=True)
+    store.acquire_lock("acct-4", 5.0)
+    first = store.start_commit_many(
+        [
+            ("acct-1", EXAMPLE, 1, None),
+            ("acct-1", EXAMPLE, 1, None),
+            ("acct-2", EXAMPLE, 0, None),
+            ("acct-3", EXAMPLE, 0, lock),
+            ("acct-4", EXAMPLE, 0, LockToken("acct-4", "not-the-holder")),
+        ]
+    )
+    # A second batch in flight at once: on a connection of its own.
+    second = store.start_commit_many([(f"other-{n}", EXAMPLE, 0, None) for n in range(150)])
+
+    assert second() == [1] * 150
+    results = first()
+
+    assert results[0] == 2
+    assert isinstance(results[1], ConcurrentUpdate)
+    assert results[2:4] == [1, 1]
+    assert isinstance(results[4], LockLost)
+    assert raw.exists(f"{prefix}:acct-3:login_lock") == 0  # given back by its write
+    assert store.load("acct-4") is None
+    assert store.load_many(["acct-1", "other-149"]) == {
+        "acct-1": Stored(EXAMPLE, 2),
+        "other-149": Stored(EXAMPLE, 1),
+    }
+    assert store.start_commit_many([])() == []
+
+
+def test_start_commit_many_refuses_bad_input_before_sending(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    with pytest.raises(InvalidInstanceId):
+        store.start_commit_many([("acct-1", EXAMPLE, 0, None), ("bad id", EXAMPLE, 0, None)])
+    with pytest.raises(TypeError, match="Snapshot"):
+        store.start_commit_many([("acct-1", EXAMPLE, 0, None), ("acct-2", object(), 0, None)])  # type: ignore[list-item]
+
+    assert list(raw.scan_iter(match=f"{prefix}*")) == []
+    assert store.commit_many([("acct-1", EXAMPLE, 0, None)]) == [1]  # the pool is whole
+
+
+def test_start_commit_many_loads_a_lost_script_again(
+    store: RedisStateStore, client: redis.Redis
+) -> None:
+    store.commit_many([("warm", EXAMPLE, 0, None)])
+    client.script_flush()
+
+    assert store.start_commit_many([("acct-1", EXAMPLE, 0, None)])() == [1]
+    assert store.load("acct-1") == Stored(EXAMPLE, 1)
+
+
+def test_answers_that_do_not_come_are_store_unavailable_and_the_connection_is_dropped(
+    raw: redis.Redis, prefix: str
+) -> None:
+    client = redis.Redis(host=HOST, port=PORT, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
+    store = RedisStateStore(client, prefix=prefix)
+    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1
+    changed = attrs.evolve(EXAMPLE, login_attempt_count=4)
+    raw.client_pause(5000, all=False)  # scripts wait, unanswered
+    try:
+        answers = store.start_commit_many([("acct-1", changed, 1, None)])
+        with pytest.raises(StoreUnavailable):
+            answers()
+    finally:
+        raw.client_unpause()
+    # The write may have landed after all (here it does, once Redis goes on): the
+    # writer reloads. The connection that missed its answer is never read again.
+    stored = store.load("acct-1")
+    assert stored is not None
+    assert store.commit("acct-1", stored.snapshot, expected_version=stored.version) == (
+        stored.version + 1
+    )
+    client.close()
+
+
+def test_a_one_connection_client_writes_at_once(raw: redis.Redis, prefix: str) -> None:
+    client = redis.Redis(host=HOST, port=PORT, single_connection_client=True)
+    store = RedisStateStore(client, prefix=prefix)
+
+    answers = store.start_commit_many([("acct-1", EXAMPLE, 0, None)])
+
+    assert raw.get(f"{prefix}:acct-1:version") == "1"  # before the answers are read
+    assert answers() == [1]
+    client.close()
 
 
 def test_commit_many_names_a_corrupt_key_per_item(

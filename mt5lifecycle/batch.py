@@ -71,13 +71,26 @@ class LockBatchingStore(Protocol):
 
 
 @runtime_checkable
+class Sent(Protocol):
+    """Lock requests and commits on their way; each read once, the locks first."""
+
+    def locks(self) -> list[LockToken | Exception | None]:
+        """The lock requests' answers, as ``acquire_many`` gives them."""
+        ...
+
+    def __call__(self) -> list[int | Exception]:
+        """The commits' answers, as ``commit_many`` gives them."""
+        ...
+
+
+@runtime_checkable
 class SendingStore(Protocol):
     """A state store that sends a batch of commits now and reads their answers later."""
 
     def start_commit_many(
-        self, items: Sequence[PendingCommit]
-    ) -> Callable[[], list[int | Exception]]:
-        """``commit_many`` sent now; the call returned reads its answers, once."""
+        self, items: Sequence[PendingCommit], lock_first: Sequence[str] = (), ttl: float = 0.0
+    ) -> Sent:
+        """``commit_many`` sent now, after ``acquire_many(lock_first, ttl)``."""
         ...
 
 
@@ -147,7 +160,15 @@ def run_together(
 _Finish = Callable[[], None]
 """The rest of a slice once its writes are sent: read their answers, finish each."""
 
-_Slice = Callable[[list[Lifecycle], BatchingStateStore, list[Lifecycle], Pace], _Finish]
+_Asked = tuple[float, "_Locks"]
+"""Login locks asked for ahead of a slice: when they were asked, and their answers."""
+
+_Slice = Callable[
+    [list[Lifecycle], BatchingStateStore, list[Lifecycle], Pace, "_Asked | None", list[Lifecycle]],
+    tuple[_Finish, "_Asked | None"],
+]
+"""Works through a slice (its locks possibly asked already) and sends its writes,
+asking ahead of them for the locks of the next slice, when it is given."""
 
 
 def _task(
@@ -176,13 +197,15 @@ def _task(
         # Each slice's writes are answered only once the next slice has been worked
         # through: Redis runs the one while this thread decides the other.
         sent: tuple[list[Lifecycle], list[Lifecycle], _Finish] | None = None
+        asked: _Asked | None = None
         end = 0
         try:
             for end in range(SLICE, len(chunk) + SLICE, SLICE):
                 part = chunk[end - SLICE : end]
                 left: list[Lifecycle] = []
+                given, asked = asked, None
                 try:
-                    finish = run(part, store, left, pace)
+                    finish, asked = run(part, store, left, pace, given, chunk[end : end + SLICE])
                 except Exception:
                     # A bug, not a backend's or a broker's answer: the other slices go on.
                     log.exception("a batch of due steps failed")
@@ -195,6 +218,8 @@ def _task(
                 if earlier is not None:
                     settle(*earlier)
         finally:
+            if asked is not None:
+                _give_back_asked(asked, chunk[end : end + SLICE])  # interrupted
             if sent is not None:
                 settle(*sent)
             if end < len(chunk):
@@ -205,6 +230,19 @@ def _task(
 
 def _nothing() -> None:
     pass
+
+
+def _give_back_asked(asked: _Asked, logins: list[Lifecycle]) -> None:
+    """The locks asked for a slice that will not run: given back, not left to expire."""
+    _, read = asked
+    try:
+        locks = read()
+    except StoreUnavailable:
+        return  # unanswered, taken or not: they expire
+    for lifecycle, lock in zip(logins, locks, strict=True):
+        if isinstance(lock, LockToken):
+            item = _Work(lifecycle, lock)
+            _give_back(item)
 
 
 def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
@@ -218,13 +256,19 @@ def _kind(lifecycle: Lifecycle, now: float) -> Due | None:
 
 
 def _check_slice(
-    slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle], pace: Pace
-) -> _Finish:
+    slice_: list[Lifecycle],
+    store: BatchingStateStore,
+    rest: list[Lifecycle],
+    pace: Pace,
+    asked: _Asked | None,
+    ahead: list[Lifecycle],
+) -> tuple[_Finish, _Asked | None]:
     """Connection and reconnect checks: ask each terminal, write what changed.
 
     A reconnect check whose terminal is still down goes on to a login, as
     ``Lifecycle._reconnect_check`` does, without asking the terminal again.
     """
+    del asked, ahead  # a chunk of checks asks for no locks ahead
     work: list[_Work] = []
     logins: list[Lifecycle] = []
     for lifecycle in slice_:
@@ -249,18 +293,23 @@ def _check_slice(
                 work.append(item)
         except Exception:
             log.exception("instance %s: a due action failed", lifecycle.instance_id)
-    finish = _send(work, store, rest)
+    finish, _ = _send(work, store, rest, [])
     try:
-        _login_slice(logins, store, rest, pace)()
+        _login_slice(logins, store, rest, pace, None, [])[0]()
     except BaseException:
         finish()
         raise
-    return finish
+    return finish, None
 
 
 def _login_slice(
-    slice_: list[Lifecycle], store: BatchingStateStore, rest: list[Lifecycle], pace: Pace
-) -> _Finish:
+    slice_: list[Lifecycle],
+    store: BatchingStateStore,
+    rest: list[Lifecycle],
+    pace: Pace,
+    asked: _Asked | None,
+    ahead: list[Lifecycle],
+) -> tuple[_Finish, _Asked | None]:
     """Logins: take the locks together, log in one by one, write the results together.
 
     The locks of a slice are taken at one moment and age together. Once they are a
@@ -269,13 +318,20 @@ def _login_slice(
     under a fresh lock. A login in a batch must so end within three quarters of the
     TTL (90 s by default, where the MetaTrader 5 login times out after 60 s); one by
     one it has the whole TTL.
+
+    The locks of the next slice (``ahead``) are asked for on the way of this slice's
+    writes, ahead of them: they are answered while this thread finishes its work,
+    and are as young when that slice starts as if it had asked itself.
     """
     if not slice_:
-        return _nothing
+        return _nothing, None
     clock = slice_[0].backends.clock
     young = slice_[0].policy.lock_ttl / 4
-    taken_at = clock.now()
-    work = _locked(slice_, taken_at, store)
+    if asked is not None:
+        taken_at, read = asked
+    else:
+        taken_at, read = clock.now(), None
+    work = _locked(slice_, taken_at, store, read)
     done: list[_Work] = []
     late: list[_Work] = []
     try:
@@ -299,10 +355,8 @@ def _login_slice(
             except Exception:
                 log.exception("instance %s: a due action failed", lifecycle.instance_id)
                 _give_back(item)
-        finish = _send(done, store, rest)  # first, while the done logins' locks are young
-        for item in late:
-            _give_back(item)
-            rest.append(item.lifecycle)
+        # First, while the done logins' locks are young.
+        finish, asked_ahead = _send(done, store, rest, ahead)
     except BaseException:
         for item in work:
             _give_back(item)  # an unexpected error: no write takes these locks back
@@ -315,15 +369,38 @@ def _login_slice(
             for item in work:
                 _give_back(item)  # any lock no write took back (an unexpected error)
 
-    return finish_and_give_back
+    try:
+        for item in late:
+            _give_back(item)
+            rest.append(item.lifecycle)
+    except BaseException:
+        # Interrupted: the writes sent are answered, and the next slice's locks and
+        # this one's given back, before it goes on up.
+        try:
+            finish_and_give_back()
+        finally:
+            if asked_ahead is not None:
+                _give_back_asked(asked_ahead, ahead)
+        raise
+    return finish_and_give_back, asked_ahead
 
 
-def _locked(logins: list[Lifecycle], now: float, store: BatchingStateStore) -> list[_Work]:
-    """The logins whose lock was taken; the others wait, as ``Lifecycle._login`` does."""
+def _locked(
+    logins: list[Lifecycle], now: float, store: BatchingStateStore, read: _Locks | None
+) -> list[_Work]:
+    """The logins whose lock was taken; the others wait, as ``Lifecycle._login`` does.
+
+    ``read`` gives the answers of locks already asked for; else they are asked here.
+    """
     ids = [lifecycle.instance_id for lifecycle in logins]
     ttl = logins[0].policy.lock_ttl
     locks: Sequence[LockToken | Exception | None]
-    if isinstance(store, LockBatchingStore):
+    if read is not None:
+        try:
+            locks = read()
+        except StoreUnavailable as exc:
+            locks = [exc] * len(logins)
+    elif isinstance(store, LockBatchingStore):
         try:
             locks = store.acquire_many(ids, ttl)
         except StoreUnavailable as exc:
@@ -356,8 +433,14 @@ def _acquire(store: BatchingStateStore, lifecycle: Lifecycle) -> LockToken | Exc
         return exc
 
 
-def _send(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) -> _Finish:
-    """Decide each step and send their writes together; the call returned finishes each."""
+def _send(
+    work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle], ahead: list[Lifecycle]
+) -> tuple[_Finish, _Asked | None]:
+    """Decide each step and send their writes together; the call returned finishes each.
+
+    When the store can, the login locks of ``ahead`` are asked for first, on the
+    same way; their answers come back as the second half (``None``: not asked).
+    """
     steps: list[Step] = []
     decided: list[_Work] = []
     for item in work:
@@ -373,10 +456,14 @@ def _send(work: list[_Work], store: BatchingStateStore, rest: list[Lifecycle]) -
         steps.append((lifecycle, decision, item.lock, item.failure, item.now))
         decided.append(item)
     if not steps:
-        return _nothing
+        return _nothing, None
+    ids = [lifecycle.instance_id for lifecycle in ahead]
+    ttl = ahead[0].policy.lock_ttl if ahead else 0.0
+    asked_at = ahead[0].backends.clock.now() if ahead else 0.0
     # The slice's task reschedules its instances when it releases them.
-    answers = start_together(steps, store, notify=False)
-    return lambda: _finish(decided, answers(), rest)
+    answers, locks = _start(steps, store, False, ids, ttl)
+    asked = (asked_at, locks) if locks is not None else None
+    return (lambda: _finish(decided, answers(), rest)), asked
 
 
 def _finish(decided: list[_Work], errors: list[Exception | None], rest: list[Lifecycle]) -> None:
@@ -427,14 +514,34 @@ def start_together(
     be made once, and soon: until then the writes may hold one of the store's
     connections.
     """
+    return _start(steps, store, notify, [], 0.0)[0]
+
+
+_Locks = Callable[[], "Sequence[LockToken | Exception | None]"]
+"""The answers of lock requests sent ahead, read when called."""
+
+
+def _start(
+    steps: Sequence[Step],
+    store: BatchingStateStore,
+    notify: bool,
+    lock_first: list[str],
+    ttl: float,
+) -> tuple[Callable[[], list[Exception | None]], _Locks | None]:
+    """``start_together``, and the answers of ``lock_first``'s locks asked ahead of the
+    writes when the store can (else ``None``: nothing was asked)."""
     items = [
         (lifecycle.instance_id, decision.snapshot, lifecycle._version, lock)
         for lifecycle, decision, lock, _, _ in steps
     ]
     answers: Callable[[], Sequence[int | Exception]]
+    locks: _Locks | None = None
     try:
         if isinstance(store, SendingStore):
-            answers = store.start_commit_many(items)
+            sent = store.start_commit_many(items, lock_first, ttl)
+            answers = sent
+            if lock_first:
+                locks = sent.locks
         else:
             written = store.commit_many(items)
             answers = lambda: written  # noqa: E731 - the answers in hand
@@ -461,7 +568,7 @@ def start_together(
             errors.append(None)
         return errors
 
-    return finish
+    return finish, locks
 
 
 def _give_back(item: _Work) -> None:

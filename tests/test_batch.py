@@ -59,28 +59,40 @@ class CountingStore(MemoryStateStore):
 class Sending:
     """``start_commit_many`` as Redis answers it: written when sent, answered when read.
 
-    A mixin for a ``CountingStore``: an outage of its ``commit_many`` comes out when
-    the answers are read, as a connection lost after the send would.
+    A mixin for a ``CountingStore``: the locks asked ahead are taken first, then the
+    writes made; an outage of its ``commit_many`` comes out when the answers are
+    read, as a connection lost after the send would. ``log`` has each send and each
+    read of the writes' answers; ``ahead`` the number of locks asked with each send.
     """
 
     log: list[tuple[str, int]]
+    ahead: list[int]
 
-    def start_commit_many(self, items: Iterable[Any]) -> Any:
-        items = list(items)
+    def start_commit_many(
+        self, items: Iterable[Any], lock_first: Any = (), ttl: float = 0.0
+    ) -> Any:
+        batch = list(items)
         log = self.__dict__.setdefault("log", [])
-        log.append(("send", len(items)))
+        self.__dict__.setdefault("ahead", []).append(len(lock_first))
+        log.append(("send", len(batch)))
+        acquire = self.acquire_many  # type: ignore[attr-defined]
+        locks = acquire(list(lock_first), ttl) if lock_first else []
         try:
-            answers: Any = self.commit_many(items)  # type: ignore[attr-defined]
+            answers: Any = self.commit_many(batch)  # type: ignore[attr-defined]
         except StoreUnavailable as exc:
             answers = exc
 
-        def read() -> list[int | Exception]:
-            log.append(("answer", len(items)))
-            if isinstance(answers, Exception):
-                raise answers
-            return list(answers)
+        class Sent:
+            def locks(self) -> Any:
+                return locks
 
-        return read
+            def __call__(self) -> list[int | Exception]:
+                log.append(("answer", len(batch)))
+                if isinstance(answers, Exception):
+                    raise answers
+                return list(answers)
+
+        return Sent()
 
 
 class SendingStore(Sending, CountingStore):
@@ -508,6 +520,8 @@ def test_each_slice_is_answered_once_after_the_next_is_sent() -> None:
         ]
         * 4
     )
+    # Each slice's writes went with the next slice's locks asked ahead of them.
+    assert big.backends.state.ahead[-12:] == [100, 50, 0] * 4  # type: ignore[attr-defined]
     assert states(big) == {State.CONNECTED}
 
 
@@ -532,26 +546,32 @@ def test_a_slice_that_fails_leaves_the_rest_of_its_chunk_to_go_on() -> None:
     store = SendingStore(FakeClock())
     fleet, clock = many_due(1000, store, workers=1)
     store.log.clear()
-    original = store.acquire_many
+    store.ahead.clear()
+    original = store.start_commit_many
     calls = 0
 
-    def second_fails(ids: Any, ttl: float) -> Any:
+    def second_fails(items: Any, lock_first: Any = (), ttl: float = 0.0) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("a bug in a store")
-        return original(ids, ttl)
+        return original(items, lock_first, ttl)
 
-    store.acquire_many = second_fails  # type: ignore[method-assign,assignment]
+    store.start_commit_many = second_fails  # type: ignore[method-assign]
     fleet.run_due()
 
-    # The second slice of the first chunk fails: the first is answered after the third.
+    # The second slice of the first chunk fails: the third asks for its own locks,
+    # and the first is answered after the third is sent.
     assert store.log[:4] == [("send", 100), ("send", 50), ("answer", 100), ("answer", 50)]
+    assert store.ahead[:2] == [100, 0]
     assert len([1 for kind, _ in store.log if kind == "send"]) == len(
         [1 for kind, _ in store.log if kind == "answer"]
     )
     assert sum(fleet[i].state is State.CONNECTED for i in fleet) == 900
-    del store.acquire_many
+    lock = store.acquire_lock("m100", 1.0)  # given back when its slice failed
+    assert lock is not None
+    store.release_lock(lock)
+    del store.start_commit_many
     run_for(fleet, clock, 1)
     assert states(fleet) == {State.CONNECTED}
 

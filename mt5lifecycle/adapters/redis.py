@@ -278,6 +278,9 @@ _LOADED: Final = _N + 2
 """A read takes the fields, the version and the id of the commit that made it."""
 _FIELD_NAMES: Final = tuple(f.suffix for f in _FIELDS)
 _OTHER_BASE: Final = -5
+_LENDING_POOL: Final = 64
+"""The fewest connections a pool must allow for ``start_commit_many`` to hold one of
+them while its caller goes on (redis-py's default pool allows 2**31)."""
 
 
 def _compile_changes() -> Callable[[Snapshot, Snapshot, str, list[str], list[str]], None]:
@@ -926,43 +929,60 @@ class RedisStateStore:
         return self._commit_calls(self._calls(items))
 
     def start_commit_many(
-        self, items: Iterable[PendingCommit]
-    ) -> Callable[[], list[int | Exception]]:
-        """``commit_many``'s writes sent now; the call returned reads their answers.
+        self,
+        items: Iterable[PendingCommit],
+        lock_first: Sequence[str] = (),
+        ttl: float = 0.0,
+    ) -> InFlight | Answered:
+        """``commit_many``'s writes sent now; calling the answer reads their answers.
 
         Why: a fleet decides the next instances while Redis runs these writes, so
-        neither waits on the other. Bad input raises here, before anything is sent.
-        The answers are ``commit_many``'s, and the call raises ``StoreUnavailable``
-        where ``commit_many`` would. Until it is made, the pool connection the
-        writes went on is theirs: make it once, soon. On a cluster, for more than
-        ``BATCH`` items, or on a client without a connection pool of its own to
-        lend (``single_connection_client``), the writes are made here and now.
+        neither waits on the other. ``lock_first`` names instances whose login locks
+        (``ttl`` seconds) are asked for ahead of the writes, on the same connection,
+        so that their answers (``locks()``, as ``acquire_many`` answers) come back
+        first: the fleet's next slice of logins. Bad input raises here, before
+        anything is sent. The call answers as ``commit_many`` does, and raises
+        ``StoreUnavailable`` where it would. Until it is made, the pool connection
+        the writes went on is theirs: make it once, soon. On a cluster, for more
+        than ``BATCH`` items or locks, or on a client without a pool that can lend a
+        connection for that long (``single_connection_client``, a
+        ``BlockingConnectionPool``, a pool of fewer than 64 connections), all is
+        done here and now.
         """
         calls = self._calls(items)
+        lock_ids = [check_instance_id(i) for i in lock_first]
+        millis = str(_ttl_millis(ttl)) if lock_ids else ""
         client = self._client
-        from redis import Redis
+        from redis import BlockingConnectionPool, Redis
 
         if (
             self._cluster
             or len(calls) > BATCH
+            or len(lock_ids) > BATCH
             or not isinstance(client, Redis)
             or client.connection is not None
+            # A caller holds this connection while it asks the pool for another
+            # (the next slice's locks, its writes): a bounded pool could run dry.
+            or isinstance(client.connection_pool, BlockingConnectionPool)
+            or getattr(client.connection_pool, "max_connections", 0) < _LENDING_POOL
         ):
-            results = self._commit_calls(calls)
-            return lambda: results
+            return Answered(self, lock_ids, ttl, calls)
+        lock_keys = [self._base(i) + _LOCK_TAIL for i in lock_ids]
+        tokens = [new_record_id() for _ in lock_ids]
+        lock_calls = [(lock_keys[a:b], [millis, *tokens[a:b]]) for a, b in _spans(lock_ids)]
         groups, sizes = self._groups(calls)
-        script = self._commit_many
         pool = client.connection_pool
+        commands = [
+            ("EVALSHA", script.sha, len(k), *k, *a)
+            for script, part in ((self._acquire_many, lock_calls), (self._commit_many, groups))
+            for k, a in part
+        ]
         try:
             with _reaching(None):
                 # Any: redis-py leaves a connection's methods untyped.
                 connection: Any = pool.get_connection()
                 try:
-                    connection.send_packed_command(
-                        connection.pack_commands(
-                            [("EVALSHA", script.sha, len(k), *k, *a) for k, a in groups]
-                        )
-                    )
+                    connection.send_packed_command(connection.pack_commands(commands))
                 except BaseException:
                     connection.disconnect()
                     pool.release(connection)
@@ -970,37 +990,25 @@ class RedisStateStore:
         except BaseException:
             self._forget(calls)
             raise
+        return InFlight(
+            self, connection, (lock_ids, lock_keys, tokens, lock_calls), (calls, groups, sizes)
+        )
 
-        def answers() -> list[int | Exception]:
-            from redis.exceptions import NoScriptError, ResponseError
-
-            replies: list[Any] = []
-            try:
-                with _reaching(None):
-                    try:
-                        for _ in groups:
-                            try:
-                                replies.append(connection.read_response())
-                            except ResponseError as exc:
-                                replies.append(exc)
-                    except BaseException:
-                        connection.disconnect()  # replies left unread: never reuse it
-                        raise
-                    finally:
-                        pool.release(connection)
-                    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                    if missing:
-                        # Those scripts did not run (a restarted or flushed server):
-                        # load the script and send them again.
-                        again = self._pipelined_on(client, script, [groups[i] for i in missing])
-                        for i, reply in zip(missing, again, strict=True):
-                            replies[i] = reply
-            except BaseException:
-                self._forget(calls)
-                raise
-            return self._answers(calls, self._ungroup(sizes, replies))
-
-        return answers
+    def _lock_answers(
+        self, ids: list[str], keys: list[str], tokens: list[str], replies: list[Any]
+    ) -> list[LockToken | Exception | None]:
+        """``_ACQUIRE`` answers, one per id, as ``acquire_many`` gives them."""
+        out: list[LockToken | Exception | None] = []
+        for instance_id, key, token, reply in zip(ids, keys, tokens, replies, strict=True):
+            if reply == 1:
+                out.append(LockToken(instance_id, token))
+            elif reply == 0:
+                out.append(None)
+            elif isinstance(reply, Exception):
+                out.append(_as_error(reply, instance_id))
+            else:
+                out.append(self._wrong_type(instance_id, key, reply))
+        return out
 
     def _calls(self, items: Iterable[PendingCommit]) -> list[_Call]:
         calls: list[_Call] = []
@@ -1175,17 +1183,7 @@ class RedisStateStore:
                 answered = [exc] * len(part)
             for (first, last), reply in zip(spans[offset:], answered, strict=False):
                 replies += reply if isinstance(reply, list) else [reply] * (last - first)
-        out: list[LockToken | Exception | None] = []
-        for instance_id, key, token, reply in zip(ids, keys, tokens, replies, strict=True):
-            if reply == 1:
-                out.append(LockToken(instance_id, token))
-            elif reply == 0:
-                out.append(None)
-            elif isinstance(reply, Exception):
-                out.append(_as_error(reply, instance_id))
-            else:
-                out.append(self._wrong_type(instance_id, key, reply))
-        return out
+        return self._lock_answers(ids, keys, tokens, replies)
 
     def release_lock(self, lock: LockToken) -> None:
         """Delete the lock if it still holds this token; otherwise do nothing."""
@@ -1446,3 +1444,130 @@ class RedisStateStore:
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(pipe.execute(raise_on_error=False))
+
+
+class InFlight:
+    """Lock requests and writes sent on one connection, answered in the order sent.
+
+    ``locks()`` reads the lock requests' answers; calling it reads the writes'
+    answers (the locks' first, if not read yet) and gives the connection back. Each
+    is read once and kept. A connection that fails on the way is dropped, never
+    reused with answers unread: the locks still unread become ``StoreUnavailable``
+    (taken or not, they expire), and the call raises it.
+    """
+
+    __slots__ = ("_commits", "_connection", "_failed", "_lock_answers", "_locks", "_store")
+
+    def __init__(
+        self,
+        store: RedisStateStore,
+        connection: Any,
+        locks: tuple[list[str], list[str], list[str], list[tuple[list[str], list[str]]]],
+        commits: tuple[list[_Call], list[tuple[list[str], list[str]]], list[int]],
+    ) -> None:
+        self._store = store
+        self._connection: Any = connection
+        self._locks = locks
+        self._commits = commits
+        self._lock_answers: list[LockToken | Exception | None] | None = None
+        self._failed: StoreUnavailable | None = None
+
+    def locks(self) -> list[LockToken | Exception | None]:
+        if self._lock_answers is None:
+            ids, keys, tokens, calls = self._locks
+            try:
+                replies = self._read(len(calls), self._store._acquire_many, calls)
+            except StoreUnavailable as exc:
+                self._lock_answers = [exc] * len(ids)
+            else:
+                flat: list[Any] = []
+                for (names, _), reply in zip(calls, replies, strict=True):
+                    flat += reply if isinstance(reply, list) else [reply] * len(names)
+                self._lock_answers = self._store._lock_answers(ids, keys, tokens, flat)
+        return self._lock_answers
+
+    def __call__(self) -> list[int | Exception]:
+        self.locks()
+        calls, groups, sizes = self._commits
+        store = self._store
+        try:
+            replies = self._read(len(groups), store._commit_many, groups)
+        except BaseException:
+            store._forget(calls)
+            raise
+        finally:
+            self._give_back()
+        return store._answers(calls, store._ungroup(sizes, replies))
+
+    def _read(
+        self, count: int, script: Script, calls: list[tuple[list[str], list[str]]]
+    ) -> list[Any]:
+        """The next ``count`` answers on the connection; a lost script's calls again."""
+        from redis.exceptions import NoScriptError, ResponseError
+
+        if self._failed is not None:
+            raise self._failed
+        connection = self._connection
+        replies: list[Any] = []
+        try:
+            with _reaching(None):
+                try:
+                    for _ in range(count):
+                        try:
+                            replies.append(connection.read_response())
+                        except ResponseError as exc:
+                            replies.append(exc)
+                except BaseException:
+                    connection.disconnect()  # answers left unread: never reuse it
+                    self._give_back()
+                    self._failed = StoreUnavailable(
+                        backend="redis", instance_id=None, detail="the answers were lost"
+                    )
+                    raise
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                if missing:
+                    # Those scripts did not run (a restarted or flushed server): load
+                    # the script and send them again, on a connection of their own.
+                    client = cast("Redis", self._store._client)  # InFlight: never a cluster
+                    again = self._store._pipelined_on(client, script, [calls[i] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+        except StoreUnavailable as exc:
+            self._failed = exc
+            raise
+        return replies
+
+    def _give_back(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            # Any: the client's pool, typed loosely by redis-py.
+            client: Any = self._store._client
+            client.connection_pool.release(connection)
+
+
+class Answered:
+    """What ``start_commit_many`` answers when it wrote at once: the same two reads."""
+
+    __slots__ = ("_commits", "_locks")
+
+    def __init__(
+        self, store: RedisStateStore, lock_ids: list[str], ttl: float, calls: list[_Call]
+    ) -> None:
+        self._locks: list[LockToken | Exception | None]
+        try:
+            self._locks = store.acquire_many(lock_ids, ttl) if lock_ids else []
+        except StoreUnavailable as exc:
+            self._locks = [exc] * len(lock_ids)
+        self._commits: list[int | Exception] | StoreUnavailable
+        try:
+            self._commits = store._commit_calls(calls)
+        except StoreUnavailable as exc:
+            self._commits = exc
+
+    def locks(self) -> list[LockToken | Exception | None]:
+        return self._locks
+
+    def __call__(self) -> list[int | Exception]:
+        if isinstance(self._commits, StoreUnavailable):
+            raise self._commits
+        return self._commits

@@ -735,6 +735,76 @@ def test_start_commit_many_answers_later_what_commit_many_answers(
     assert store.start_commit_many([])() == []
 
 
+@pytest.mark.parametrize("locks_first", [True, False], ids=["locks read first", "writes first"])
+def test_locks_asked_ahead_of_the_writes_are_answered_as_acquire_many_answers(
+    store: RedisStateStore, raw: redis.Redis, prefix: str, locks_first: bool
+) -> None:
+    held = store.acquire_lock("next-1", 30.0)
+    assert held is not None
+    raw.rpush(f"{prefix}:next-2:login_lock", "x")
+    ahead = [f"next-{n}" for n in range(150)]
+
+    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ahead, 30.0)
+    if locks_first:
+        locks = sent.locks()
+        assert sent() == [1]
+    else:
+        assert sent() == [1]
+        locks = sent.locks()
+
+    assert locks[1] is None  # another holds it
+    assert isinstance(locks[2], CorruptState)
+    assert locks[2].key == f"{prefix}:next-2:login_lock"
+    taken = [lock for lock in locks if isinstance(lock, LockToken)]
+    assert [lock.instance_id for lock in taken] == [ahead[0], *ahead[3:]]
+    assert raw.get(f"{prefix}:next-0:login_lock") == taken[0].token
+    assert 29_000 < raw.pttl(f"{prefix}:next-0:login_lock") <= 30_000
+    assert sent.locks() is locks  # read once
+    assert store.load("acct-1") == Stored(EXAMPLE, 1)
+
+
+def test_locks_asked_ahead_on_a_lost_connection_are_unavailable(
+    raw: redis.Redis, prefix: str
+) -> None:
+    client = redis.Redis(host=HOST, port=PORT, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
+    store = RedisStateStore(client, prefix=prefix)
+    raw.client_pause(5000, all=False)
+    try:
+        sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0", "next-1"], 30.0)
+        locks = sent.locks()
+        with pytest.raises(StoreUnavailable):
+            sent()
+    finally:
+        raw.client_unpause()
+    assert [type(lock) for lock in locks] == [StoreUnavailable, StoreUnavailable]
+    assert store.commit("acct-2", EXAMPLE, expected_version=0) == 1  # the pool goes on
+    client.close()
+
+
+@pytest.mark.parametrize("pool", ["one connection", "blocking pool", "small pool"])
+def test_a_client_that_cannot_lend_a_connection_has_it_all_done_at_once(
+    raw: redis.Redis, prefix: str, pool: str
+) -> None:
+    if pool == "one connection":
+        client = redis.Redis(host=HOST, port=PORT, single_connection_client=True)
+    elif pool == "blocking pool":
+        blocking = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            host=HOST, port=PORT, max_connections=2
+        )
+        client = redis.Redis(connection_pool=blocking)
+    else:
+        client = redis.Redis(host=HOST, port=PORT, max_connections=8)
+    store = RedisStateStore(client, prefix=prefix)
+
+    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0"], 30.0)
+
+    assert raw.get(f"{prefix}:acct-1:version") == "1"  # before the answers are read
+    assert raw.exists(f"{prefix}:next-0:login_lock") == 1
+    assert sent() == [1]
+    assert [lock.instance_id for lock in sent.locks() if isinstance(lock, LockToken)] == ["next-0"]
+    client.close()
+
+
 def test_start_commit_many_refuses_bad_input_before_sending(
     store: RedisStateStore, raw: redis.Redis, prefix: str
 ) -> None:
@@ -753,7 +823,9 @@ def test_start_commit_many_loads_a_lost_script_again(
     store.commit_many([("warm", EXAMPLE, 0, None)])
     client.script_flush()
 
-    assert store.start_commit_many([("acct-1", EXAMPLE, 0, None)])() == [1]
+    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0"], 5.0)
+    assert sent() == [1]
+    assert [type(lock) for lock in sent.locks()] == [LockToken]
     assert store.load("acct-1") == Stored(EXAMPLE, 1)
 
 
@@ -778,17 +850,6 @@ def test_answers_that_do_not_come_are_store_unavailable_and_the_connection_is_dr
     assert store.commit("acct-1", stored.snapshot, expected_version=stored.version) == (
         stored.version + 1
     )
-    client.close()
-
-
-def test_a_one_connection_client_writes_at_once(raw: redis.Redis, prefix: str) -> None:
-    client = redis.Redis(host=HOST, port=PORT, single_connection_client=True)
-    store = RedisStateStore(client, prefix=prefix)
-
-    answers = store.start_commit_many([("acct-1", EXAMPLE, 0, None)])
-
-    assert raw.get(f"{prefix}:acct-1:version") == "1"  # before the answers are read
-    assert answers() == [1]
     client.close()
 
 

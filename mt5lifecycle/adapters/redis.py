@@ -982,7 +982,15 @@ class RedisStateStore:
                 # Any: redis-py leaves a connection's methods untyped.
                 connection: Any = pool.get_connection()
                 try:
-                    connection.send_packed_command(connection.pack_commands(commands))
+                    packed = connection.pack_commands(commands)
+                    # The client's retries, as its pipelines have them: a connection
+                    # the server dropped (a restart) is opened again. Sent twice is
+                    # harmless: a lock asked again with its token is answered taken,
+                    # and a commit sent again is recognised by its commit id.
+                    connection.retry.call_with_retry(
+                        lambda: connection.send_packed_command(packed),
+                        lambda _error: connection.disconnect(),
+                    )
                 except BaseException:
                     connection.disconnect()
                     pool.release(connection)

@@ -763,6 +763,24 @@ def test_locks_asked_ahead_of_the_writes_are_answered_as_acquire_many_answers(
     assert store.load("acct-1") == Stored(EXAMPLE, 1)
 
 
+def test_a_pooled_connection_the_server_dropped_is_opened_again(
+    raw: redis.Redis, prefix: str
+) -> None:
+    name = f"mt5l-{uuid.uuid4().hex[:12]}"
+    client = redis.Redis(host=HOST, port=PORT, client_name=name)
+    store = RedisStateStore(client, prefix=prefix)
+    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1  # a pooled connection
+    for entry in raw.client_list():
+        if entry["name"] == name:
+            raw.client_kill_filter(_id=entry["id"])
+
+    sent = store.start_commit_many([("acct-1", EXAMPLE, 1, None)], ["next-0"], 5.0)
+
+    assert sent() == [2]
+    assert [type(lock) for lock in sent.locks()] == [LockToken]
+    client.close()
+
+
 def test_locks_asked_ahead_on_a_lost_connection_are_unavailable(
     raw: redis.Redis, prefix: str
 ) -> None:

@@ -1307,6 +1307,8 @@ class RedisStateStore:
         if reply[0] != 0:
             raise self._wrong_type(instance_id, keys[int(reply[0]) - 1], reply[1])
         raw = list(reply[1:])
+        if raw.count(None) == len(raw):
+            return None  # nothing stored: a new instance (the common case of a start)
         # Lua drops trailing nils from a table: absent last keys come back short.
         raw += [None] * (_LOADED - len(raw))
         texts: list[str | None] = []

@@ -218,12 +218,16 @@ def _task(
                 if earlier is not None:
                     settle(*earlier)
         finally:
-            if asked is not None:
-                _give_back_asked(asked, chunk[end : end + SLICE])  # interrupted
-            if sent is not None:
-                settle(*sent)
-            if end < len(chunk):
-                release(chunk[end:])  # not run (interrupted): due at the next pass
+            try:
+                if asked is not None:
+                    _give_back_asked(asked, chunk[end : end + SLICE])  # interrupted
+            finally:
+                try:
+                    if sent is not None:
+                        settle(*sent)
+                finally:
+                    if end < len(chunk):
+                        release(chunk[end:])  # not run (interrupted): due at the next pass
 
     return task
 

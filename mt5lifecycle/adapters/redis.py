@@ -280,7 +280,8 @@ _FIELD_NAMES: Final = tuple(f.suffix for f in _FIELDS)
 _OTHER_BASE: Final = -5
 _LENDING_POOL: Final = 64
 """The fewest connections a pool must allow for ``start_commit_many`` to hold one of
-them while its caller goes on (redis-py's default pool allows 2**31)."""
+them while its caller goes on: a fleet's running chunk holds up to three (redis-py's
+default pool allows 100)."""
 
 
 def _compile_changes() -> Callable[[Snapshot, Snapshot, str, list[str], list[str]], None]:
@@ -1497,10 +1498,10 @@ class InFlight:
         return self._lock_answers
 
     def __call__(self) -> list[int | Exception]:
-        self.locks()
         calls, groups, sizes = self._commits
         store = self._store
         try:
+            self.locks()  # the answers come in the order sent
             replies = self._read(len(groups), store._commit_many, groups)
         except BaseException:
             store._forget(calls)
@@ -1512,7 +1513,12 @@ class InFlight:
     def _read(
         self, count: int, script: Script, calls: list[tuple[list[str], list[str]]]
     ) -> list[Any]:
-        """The next ``count`` answers on the connection; a lost script's calls again."""
+        """The next ``count`` answers on the connection; a lost script's calls again.
+
+        Anything going wrong on the way (the connection, reloading a lost script, an
+        interrupt) drops the connection, never reused with answers unread, and
+        leaves every answer not yet read ``StoreUnavailable``.
+        """
         from redis.exceptions import NoScriptError, ResponseError
 
         if self._failed is not None:
@@ -1521,19 +1527,11 @@ class InFlight:
         replies: list[Any] = []
         try:
             with _reaching(None):
-                try:
-                    for _ in range(count):
-                        try:
-                            replies.append(connection.read_response())
-                        except ResponseError as exc:
-                            replies.append(exc)
-                except BaseException:
-                    connection.disconnect()  # answers left unread: never reuse it
-                    self._give_back()
-                    self._failed = StoreUnavailable(
-                        backend="redis", instance_id=None, detail="the answers were lost"
-                    )
-                    raise
+                for _ in range(count):
+                    try:
+                        replies.append(connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:
                     # Those scripts did not run (a restarted or flushed server): load
@@ -1542,8 +1540,17 @@ class InFlight:
                     again = self._store._pipelined_on(client, script, [calls[i] for i in missing])
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
-        except StoreUnavailable as exc:
-            self._failed = exc
+        except BaseException as exc:
+            if self._connection is not None:
+                self._connection.disconnect()
+            self._give_back()
+            self._failed = (
+                exc
+                if isinstance(exc, StoreUnavailable)
+                else StoreUnavailable(
+                    backend="redis", instance_id=None, detail="the answers were lost"
+                )
+            )
             raise
         return replies
 

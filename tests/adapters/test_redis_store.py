@@ -781,6 +781,30 @@ def test_a_pooled_connection_the_server_dropped_is_opened_again(
     client.close()
 
 
+def test_a_lost_script_that_cannot_be_loaded_again_drops_the_connection(
+    store: RedisStateStore, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.commit_many([("warm", EXAMPLE, 0, None)])
+    client.script_flush()  # the scripts sent next come back NOSCRIPT
+
+    def busy(script: Any) -> str:
+        raise redis.ResponseError("BUSY Redis is busy running a script")
+
+    monkeypatch.setattr(client, "script_load", busy)
+    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0"], 5.0)
+
+    with pytest.raises(redis.ResponseError, match="BUSY"):
+        sent.locks()
+    # The writes' answers were never read: they are in doubt, not misread as locks.
+    with pytest.raises(StoreUnavailable):
+        sent()
+    assert [type(lock) for lock in sent.locks()] == [StoreUnavailable]
+    monkeypatch.undo()
+    # Private, but the point: no connection is left checked out, none with answers.
+    assert not client.connection_pool._in_use_connections
+    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1
+
+
 def test_locks_asked_ahead_on_a_lost_connection_are_unavailable(
     raw: redis.Redis, prefix: str
 ) -> None:

@@ -14,16 +14,18 @@ instances a slice (``SLICE``) at a time:
 2. the terminals are asked (a connection check's ``status``; a login's credentials
    and ``login``), and each answer's transition is decided with the clock read right
    after it, as ``Lifecycle._apply`` does;
-3. the slice's transitions are written with one ``commit_many``, and each instance
-   finishes exactly as ``_apply`` would (log, archive, metrics, alerts, commands).
+3. the slice's transitions are written with one ``commit_many`` (on Redis, sent at
+   once with the next slice's lock requests ahead of them, and answered once the
+   next slice has been worked through), and each instance finishes exactly as
+   ``_apply`` would (log, archive, metrics, alerts, commands).
 
 Each write is still checked on its own (its version, its lock), so a stale instance
 is refused and reloaded without touching the others, and what is stored is what the
 instance-by-instance path stores, decided at the same moments; only the write comes
-later, at the end of its slice. Chunks run on the pool's
-threads side by side, so one chunk's round trip overlaps another's work, and a slow
-terminal holds up its own chunk only. Anything else that is due (a restart, closing
-trades, a cleanup) is left to the one-by-one path.
+later, at the end of its slice. Chunks run on as few of the pool's threads as keep
+up (``runners.py``: more while they wait on terminals), so a slow terminal holds up
+its own chunk only. Anything else that is due (a restart, closing trades, a
+cleanup) is left to the one-by-one path.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class LockBatchingStore(Protocol):
         ...
 
 
-@runtime_checkable
 class Sent(Protocol):
     """Lock requests and commits on their way; each read once, the locks first."""
 
@@ -396,21 +397,18 @@ def _locked(
 
     ``read`` gives the answers of locks already asked for; else they are asked here.
     """
-    ids = [lifecycle.instance_id for lifecycle in logins]
-    ttl = logins[0].policy.lock_ttl
+    if read is None and isinstance(store, LockBatchingStore):
+        ids = [lifecycle.instance_id for lifecycle in logins]
+        ttl = logins[0].policy.lock_ttl
+        read = lambda: store.acquire_many(ids, ttl)  # noqa: E731 - asked here, now
     locks: Sequence[LockToken | Exception | None]
-    if read is not None:
+    if read is None:
+        locks = [_acquire(store, lifecycle) for lifecycle in logins]
+    else:
         try:
             locks = read()
         except StoreUnavailable as exc:
             locks = [exc] * len(logins)
-    elif isinstance(store, LockBatchingStore):
-        try:
-            locks = store.acquire_many(ids, ttl)
-        except StoreUnavailable as exc:
-            locks = [exc] * len(logins)
-    else:
-        locks = [_acquire(store, lifecycle) for lifecycle in logins]
     work: list[_Work] = []
     for lifecycle, lock in zip(logins, locks, strict=True):
         if isinstance(lock, LockToken):

@@ -250,6 +250,11 @@ class Fleet:
             if not stopped:
                 failed, stopped = (instance_id, exc), True
 
+        def begin(lifecycle: Lifecycle) -> None:
+            lifecycle._begin()
+            self._enlist(lifecycle)
+            joined[lifecycle.instance_id] = lifecycle
+
         def settle() -> None:
             nonlocal sent
             if sent is None:
@@ -267,9 +272,7 @@ class Fleet:
                 try:
                     if error is not None:
                         raise error
-                    lifecycle._begin()
-                    self._enlist(lifecycle)
-                    joined[lifecycle.instance_id] = lifecycle
+                    begin(lifecycle)
                 except BaseException as exc:
                     stop(lifecycle.instance_id, exc)
 
@@ -293,9 +296,7 @@ class Fleet:
                 try:
                     facts = lifecycle._resume(stored.get(instance_id))
                     if facts is None:
-                        lifecycle._begin()
-                        self._enlist(lifecycle)
-                        joined[instance_id] = lifecycle
+                        begin(lifecycle)
                     else:
                         decision = lifecycle._decide("start", facts, now)
                         fresh.append((lifecycle, decision, None, None, now))

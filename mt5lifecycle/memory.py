@@ -50,22 +50,18 @@ class MemoryStateStore:
         return self._rows.get(check_instance_id(instance_id))
 
     def load_many(self, instance_ids: Iterable[str]) -> dict[str, Stored]:
-        rows = self._rows
-        out = {}
-        for instance_id in instance_ids:
-            stored = rows.get(check_instance_id(instance_id))
-            if stored is not None:
-                out[instance_id] = stored
-        return out
+        return dict(self._found(instance_ids))
 
     def versions(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        return {i: stored.version for i, stored in self._found(instance_ids)}
+
+    def _found(self, instance_ids: Iterable[str]) -> Iterator[tuple[str, Stored]]:
+        """Each stored id with its row, the ids checked; absent ones left out."""
         rows = self._rows
-        out = {}
         for instance_id in instance_ids:
             stored = rows.get(check_instance_id(instance_id))
             if stored is not None:
-                out[instance_id] = stored.version
-        return out
+                yield instance_id, stored
 
     def ids(self) -> Iterator[str]:
         return iter(list(self._rows))

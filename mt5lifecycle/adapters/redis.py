@@ -639,6 +639,14 @@ def _spans(ids: Sequence[str]) -> list[tuple[int, int]]:
     return spans
 
 
+def _per_lock(calls: Sequence[tuple[list[str], list[str]]], replies: Sequence[Any]) -> list[Any]:
+    """Lock scripts' answers, one per lock: a call's error stands for each of its locks."""
+    out: list[Any] = []
+    for (keys, _), reply in zip(calls, replies, strict=True):
+        out += reply if isinstance(reply, list) else [reply] * len(keys)
+    return out
+
+
 def _ttl_millis(ttl: object) -> int:
     """A lock's TTL in whole milliseconds (at least one), checked."""
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
@@ -968,9 +976,7 @@ class RedisStateStore:
             or getattr(client.connection_pool, "max_connections", 0) < _LENDING_POOL
         ):
             return Answered(self, lock_ids, ttl, calls)
-        lock_keys = [self._base(i) + _LOCK_TAIL for i in lock_ids]
-        tokens = [new_record_id() for _ in lock_ids]
-        lock_calls = [(lock_keys[a:b], [millis, *tokens[a:b]]) for a, b in _spans(lock_ids)]
+        lock_keys, tokens, lock_calls = self._lock_requests(lock_ids, millis)
         groups, sizes = self._groups(calls)
         pool = client.connection_pool
         commands = [
@@ -1002,6 +1008,16 @@ class RedisStateStore:
         return InFlight(
             self, connection, (lock_ids, lock_keys, tokens, lock_calls), (calls, groups, sizes)
         )
+
+    def _lock_requests(
+        self, ids: list[str], millis: str
+    ) -> tuple[list[str], list[str], list[tuple[list[str], list[str]]]]:
+        """Each id's lock key and a fresh token, and the ``_ACQUIRE_MANY`` calls that
+        ask for them (``GROUP`` locks a call, an id at most once in each)."""
+        keys = [self._base(i) + _LOCK_TAIL for i in ids]
+        tokens = [new_record_id() for _ in ids]
+        calls = [(keys[a:b], [millis, *tokens[a:b]]) for a, b in _spans(ids)]
+        return keys, tokens, calls
 
     def _lock_answers(
         self, ids: list[str], keys: list[str], tokens: list[str], replies: list[Any]
@@ -1168,17 +1184,12 @@ class RedisStateStore:
         """
         ids = [check_instance_id(i) for i in instance_ids]
         millis = str(_ttl_millis(ttl))
-        keys = [self._base(i) + _LOCK_TAIL for i in ids]
-        tokens = [new_record_id() for _ in ids]
+        keys, tokens, calls = self._lock_requests(ids, millis)
+        script, per_pipeline = self._acquire_many, BATCH // GROUP
         # On a cluster each instance's lock is in its own slot: a call each.
         if self._cluster:
             script, per_pipeline = self._acquire, BATCH
-            spans = [(n, n + 1) for n in range(len(ids))]
-            calls = [([keys[n]], [tokens[n], millis]) for n in range(len(ids))]
-        else:
-            script, per_pipeline = self._acquire_many, BATCH // GROUP
-            spans = _spans(ids)
-            calls = [(keys[a:b], [millis, *tokens[a:b]]) for a, b in spans]
+            calls = [([key], [token, millis]) for key, token in zip(keys, tokens, strict=True)]
         replies: list[Any] = []
         for offset in range(0, len(calls), per_pipeline):
             part = calls[offset : offset + per_pipeline]
@@ -1190,8 +1201,7 @@ class RedisStateStore:
                     raise
                 # The locks taken by the pipelines before stand, with their tokens.
                 answered = [exc] * len(part)
-            for (first, last), reply in zip(spans[offset:], answered, strict=False):
-                replies += reply if isinstance(reply, list) else [reply] * (last - first)
+            replies += _per_lock(part, answered)
         return self._lock_answers(ids, keys, tokens, replies)
 
     def release_lock(self, lock: LockToken) -> None:
@@ -1491,9 +1501,7 @@ class InFlight:
             except StoreUnavailable as exc:
                 self._lock_answers = [exc] * len(ids)
             else:
-                flat: list[Any] = []
-                for (names, _), reply in zip(calls, replies, strict=True):
-                    flat += reply if isinstance(reply, list) else [reply] * len(names)
+                flat = _per_lock(calls, replies)
                 self._lock_answers = self._store._lock_answers(ids, keys, tokens, flat)
         return self._lock_answers
 

@@ -485,18 +485,22 @@ def many_due(n: int, store: CountingStore, workers: int) -> tuple[Fleet, FakeClo
     return fleet, clock
 
 
+THREE_SLICES = [
+    ("send", 100),
+    ("send", 100),
+    ("answer", 100),
+    ("send", 50),
+    ("answer", 100),
+    ("answer", 50),
+]
+"""250 instances' writes: three slices, each answered after the next was sent."""
+
+
 def test_each_slice_is_answered_once_after_the_next_is_sent() -> None:
     store = SendingStore(FakeClock())
     fleet, _ = many_due(250, store, workers=1)
     # add_many: the starts of three slices, each answered after the next was sent
-    assert store.log == [
-        ("send", 100),
-        ("send", 100),
-        ("answer", 100),
-        ("send", 50),
-        ("answer", 100),
-        ("answer", 50),
-    ]
+    assert store.log == THREE_SLICES
     store.log.clear()
 
     fleet.run_due()  # 250 logins: chunks of 62 (a quarter per worker) and the 2 left
@@ -508,18 +512,7 @@ def test_each_slice_is_answered_once_after_the_next_is_sent() -> None:
     log = big.backends.state.log  # type: ignore[attr-defined]
     log.clear()
     big.run_due()  # four chunks of 250: slices of 100, 100 and 50 each
-    assert (
-        log
-        == [
-            ("send", 100),
-            ("send", 100),
-            ("answer", 100),
-            ("send", 50),
-            ("answer", 100),
-            ("answer", 50),
-        ]
-        * 4
-    )
+    assert log == THREE_SLICES * 4
     # Each slice's writes went with the next slice's locks asked ahead of them.
     assert big.backends.state.ahead[-12:] == [100, 50, 0] * 4  # type: ignore[attr-defined]
     assert states(big) == {State.CONNECTED}

@@ -26,10 +26,10 @@ import duckdb
 
 from mt5lifecycle import Credentials, Lifecycle
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
-from mt5lifecycle.memory import MemoryArchive
+from mt5lifecycle.builtin.memory import MemoryArchive
+from mt5lifecycle.core.records import ArchiveRecord, TransitionRecord
+from mt5lifecycle.core.states import Reason, State
 from mt5lifecycle.ports import Archive
-from mt5lifecycle.records import ArchiveRecord, TransitionRecord
-from mt5lifecycle.states import Reason, State
 from mt5lifecycle.testing import memory_backends
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -192,7 +192,7 @@ def part3(tmp: Path) -> None:
 def part4(tmp: Path) -> None:
     import redis
 
-    from mt5lifecycle.adapters.redis_queue import Archiver, RedisStreamArchive
+    from mt5lifecycle.adapters.redis.queue import Archiver, RedisStreamArchive
 
     client = redis.Redis(host="127.0.0.1", port=6379)
     try:

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from mt5lifecycle.adapters.postgres import PostgresCredentialStore
-from mt5lifecycle.credentials import Credentials
+from mt5lifecycle.core.credentials import Credentials
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:

@@ -62,11 +62,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from redis_store import commandstats, delta, private_server
 
-import mt5lifecycle.lifecycle as lifecycle_module
+import mt5lifecycle.runtime.lifecycle as lifecycle_module
 from mt5lifecycle import Credentials, Fleet, Lifecycle
 from mt5lifecycle.adapters.redis import RedisStateStore
-from mt5lifecycle.backends import Backends
-from mt5lifecycle.machine import (
+from mt5lifecycle.builtin.memory import NullArchive
+from mt5lifecycle.builtin.notify import NullNotifier
+from mt5lifecycle.core.machine import (
     _BLANK,
     _STATUS,
     EFFECTS,
@@ -80,13 +81,12 @@ from mt5lifecycle.machine import (
     _Step,
     machine_state,
 )
-from mt5lifecycle.memory import NullArchive
-from mt5lifecycle.notify import NullNotifier
-from mt5lifecycle.policy import Policy
+from mt5lifecycle.core.policy import Policy
+from mt5lifecycle.core.records import LoginResult, Order, Position, TradeResult
+from mt5lifecycle.core.snapshot import Snapshot, replace
+from mt5lifecycle.core.states import ConnectionState, Due, State, TerminalStatus
 from mt5lifecycle.ports import StateStore
-from mt5lifecycle.records import LoginResult, Order, Position, TradeResult
-from mt5lifecycle.snapshot import Snapshot, replace
-from mt5lifecycle.states import ConnectionState, Due, State, TerminalStatus
+from mt5lifecycle.runtime.backends import Backends
 from mt5lifecycle.testing import FakeClock, memory_backends
 
 POLICY = Policy()

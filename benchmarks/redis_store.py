@@ -37,9 +37,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mt5lifecycle.adapters.redis import BATCH, KEY_SUFFIXES, RedisStateStore
-from mt5lifecycle.snapshot import Snapshot, utc
-from mt5lifecycle.states import ConnectionState, Due, Reason, State
+from mt5lifecycle.adapters.redis.store import BATCH, KEY_SUFFIXES, RedisStateStore
+from mt5lifecycle.core.snapshot import Snapshot, utc
+from mt5lifecycle.core.states import ConnectionState, Due, Reason, State
 
 T0 = 1767225600.0
 

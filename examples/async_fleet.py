@@ -18,7 +18,7 @@ import asyncio
 import logging
 
 from mt5lifecycle import Credentials, Fleet, Reason
-from mt5lifecycle.clock import ScaledClock
+from mt5lifecycle.builtin.clock import ScaledClock
 from mt5lifecycle.errors import Unrecoverable
 from mt5lifecycle.testing import FakeBroker, memory_backends
 

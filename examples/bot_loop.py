@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable
 
 from mt5lifecycle import Credentials, Lifecycle, Reason, State, StoreUnavailable
+from mt5lifecycle.core.states import Due
 from mt5lifecycle.ports import Clock
-from mt5lifecycle.states import Due
 from mt5lifecycle.testing import FakeBroker, RecordingNotifier, memory_backends
 
 log = logging.getLogger("bot")

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mt5lifecycle import Backends, Credentials, Fleet, Policy
-from mt5lifecycle.clock import SystemClock
-from mt5lifecycle.notify import LoggingNotifier
+from mt5lifecycle.builtin.clock import SystemClock
+from mt5lifecycle.builtin.notify import LoggingNotifier
 
 REQUIRED = (
     "MT5LIFECYCLE_REDIS_URL",

@@ -7,8 +7,10 @@ the stable public names exported here.
 
 from __future__ import annotations
 
-from .backends import Backends
-from .credentials import Credentials
+from .core.credentials import Credentials
+from .core.policy import Policy
+from .core.snapshot import Snapshot
+from .core.states import AlertKind, ConnectionState, Reason, State
 from .errors import (
     CorruptState,
     InvalidInstanceId,
@@ -16,11 +18,9 @@ from .errors import (
     LifecycleError,
     StoreUnavailable,
 )
-from .fleet import Fleet
-from .lifecycle import Lifecycle
-from .policy import Policy
-from .snapshot import Snapshot
-from .states import AlertKind, ConnectionState, Reason, State
+from .runtime.backends import Backends
+from .runtime.fleet import Fleet
+from .runtime.lifecycle import Lifecycle
 
 __all__ = [
     "AlertKind",

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConcurrentUpdate",
     "CorruptState",
+    "CredentialsRejected",
     "CredentialsUndecryptable",
     "InvalidInstanceId",
     "InvalidTransition",
@@ -156,3 +157,18 @@ class Unrecoverable(LifecycleError):
         )
         self.state = state
         self.reason = reason
+
+
+class CredentialsRejected(LifecycleError):
+    """Credentials that exhausted their login attempts, asked to be tried again unchanged.
+
+    Trying a password the broker refused five times in a row, again, is how accounts get
+    locked: replace the credentials, or ``reset(force=True)`` to try them once more.
+    """
+
+    def __init__(self, *, instance_id: str) -> None:
+        super().__init__(
+            f"instance {instance_id!r}: its credentials exhausted their login attempts and "
+            "have not changed since; replace them, or reset with force to try them once more",
+            instance_id=instance_id,
+        )

@@ -16,8 +16,9 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from .credentials import Credentials
-from .records import (
+from .core.credentials import Credentials
+from .core.records import (
+    Account,
     ArchiveRecord,
     ClosureRecord,
     LoginResult,
@@ -26,20 +27,23 @@ from .records import (
     Position,
     TradeResult,
 )
-from .snapshot import Snapshot
-from .states import Reason, State, TerminalStatus
+from .core.snapshot import Snapshot
+from .core.states import Reason, State, TerminalStatus
 
 __all__ = [
+    "AccountReader",
     "Archive",
     "Broker",
     "Clock",
     "CredentialStore",
+    "Deadlined",
     "Leases",
     "LockToken",
     "Metrics",
     "Notifier",
     "StateStore",
     "Stored",
+    "TradeHistory",
     "VersionReader",
 ]
 
@@ -264,6 +268,54 @@ class Broker(Protocol):
         ...
 
     def cancel_order(self, instance_id: str, order: Order) -> TradeResult: ...
+
+
+@runtime_checkable
+class AccountReader(Protocol):
+    """A broker that can say which account a terminal is logged in to (optional).
+
+    With it, the lifecycle checks the terminal's identity after every login and at
+    every connection check (SPEC section 12): a terminal logged in to another account
+    is restarted, and nothing is ever traded on it.
+    """
+
+    def account(self, instance_id: str) -> Account | None:
+        """The account the terminal is logged in to; ``None`` when it cannot say."""
+        ...
+
+
+@runtime_checkable
+class TradeHistory(Protocol):
+    """A broker that can say how a ticket ended from the terminal's history (optional).
+
+    Closing a closed account's trades records each ticket as in progress before it is
+    sent. A worker killed after the broker filled it, before the outcome was stored,
+    leaves a ticket that is gone from the terminal: its outcome is then read from the
+    history, never sent again.
+    """
+
+    def trade_outcome(self, instance_id: str, kind: str, ticket: int) -> TradeResult | None:
+        """How the position (``kind="position"``) or order (``"order"``) ended.
+
+        ``retcode`` 10009 (done) for a position closed by a deal or an order that was
+        cancelled or filled; ``None`` when the history does not have the ticket.
+        """
+        ...
+
+
+@runtime_checkable
+class Deadlined(Protocol):
+    """A broker whose every call has a deadline (optional, checked at construction).
+
+    A call that could outlive the login lock would let a second worker log in to the
+    same account while the first is still in its call: a ``Lifecycle`` refuses a
+    broker whose longest deadline is more than half of ``Policy.lock_ttl``.
+    """
+
+    @property
+    def longest_call(self) -> float:
+        """Seconds the longest call (a login) may take before it is abandoned."""
+        ...
 
 
 @runtime_checkable

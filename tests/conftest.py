@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from mt5lifecycle import Backends, Credentials, Lifecycle, Policy
-from mt5lifecycle.memory import MemoryArchive
+from mt5lifecycle.builtin.memory import MemoryArchive
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, memory_backends
 
 CREDS = Credentials(login=5550001, server="Broker-Demo", password="s3cret-Pa55")

@@ -13,8 +13,8 @@ import attrs
 import pytest
 
 from mt5lifecycle import Credentials, Fleet, Lifecycle, Policy, Reason, State
+from mt5lifecycle.builtin.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
 from mt5lifecycle.errors import ConcurrentUpdate, StoreUnavailable
-from mt5lifecycle.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
 from mt5lifecycle.ports import LockToken
 from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
 

@@ -23,11 +23,11 @@ from mt5lifecycle import Backends, Credentials, Lifecycle, Reason, State
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
 from mt5lifecycle.adapters.postgres import PostgresCredentialStore
 from mt5lifecycle.adapters.redis import RedisStateStore
+from mt5lifecycle.builtin.memory import MemoryCredentialStore, MemoryStateStore
 from mt5lifecycle.cli import EXIT_CODES, main
-from mt5lifecycle.demo import FLOWS
-from mt5lifecycle.machine import EVENTS
-from mt5lifecycle.memory import MemoryCredentialStore, MemoryStateStore
-from mt5lifecycle.states import Due
+from mt5lifecycle.cli.demo import FLOWS
+from mt5lifecycle.core.machine import EVENTS
+from mt5lifecycle.core.states import Due
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -217,7 +217,9 @@ def test_rules_prints_the_packaged_rules_file() -> None:
 def test_rules_missing_from_an_installation_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("mt5lifecycle.cli.importlib.resources.files", lambda _: tmp_path)
+    import importlib.resources
+
+    monkeypatch.setattr(importlib.resources, "files", lambda _: tmp_path)
     run = Run("rules")
     assert run.code == 70
     assert "rules/alerts.yml is missing" in one_error_line(run.stderr)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mt5lifecycle import Policy, State
-from mt5lifecycle.closing import CloseStep, close_step
-from mt5lifecycle.records import Outcome, Position, TradeResult
+from mt5lifecycle.core.closing import CloseStep, close_step
+from mt5lifecycle.core.records import Outcome, Position, TradeResult
 
 from .conftest import World
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mt5lifecycle.machine import markdown_table, mermaid
+from mt5lifecycle.core.machine import markdown_table, mermaid
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
 

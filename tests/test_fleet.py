@@ -9,8 +9,8 @@ import attrs
 import pytest
 
 from mt5lifecycle import Credentials, Fleet, InvalidTransition, Policy, Reason, State
+from mt5lifecycle.builtin.memory import MemoryStateStore
 from mt5lifecycle.errors import Unrecoverable
-from mt5lifecycle.memory import MemoryStateStore
 from mt5lifecycle.testing import FakeClock, memory_backends, run_for
 
 CREDS = Credentials(1001, "Srv", "pw")
@@ -152,7 +152,7 @@ def test_wait_connected_while_arun_drives() -> None:
 
 
 def test_a_worker_pool_drives_many_due_instances_and_groups_their_commits() -> None:
-    from mt5lifecycle.group_commit import GroupCommitStore
+    from mt5lifecycle.runtime._group_commit import GroupCommitStore
 
     clock = FakeClock()
     backends = memory_backends(clock=clock)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mt5lifecycle import Backends, Credentials, Fleet, InvalidTransition, Reason, State
+from mt5lifecycle.builtin.memory import MemoryLeases
 from mt5lifecycle.errors import ConcurrentUpdate
-from mt5lifecycle.memory import MemoryLeases
 from mt5lifecycle.testing import FakeClock, memory_backends, run_for
 
 IDS = [f"i{n}" for n in range(30)]
@@ -117,8 +117,8 @@ def test_bad_lease_settings_are_refused(kwargs: dict[str, object], error: type[E
 
 
 def test_add_many_hands_back_the_leases_of_what_it_could_not_start() -> None:
-    from mt5lifecycle.records import ClosureRecord
-    from mt5lifecycle.snapshot import Snapshot, utc
+    from mt5lifecycle.core.records import ClosureRecord
+    from mt5lifecycle.core.snapshot import Snapshot, utc
 
     a, _, backends, leases, clock = two_fleets()
     closed = ClosureRecord(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mt5lifecycle import InvalidInstanceId, Lifecycle, LifecycleError, Reason
-from mt5lifecycle.ids import check_instance_id
+from mt5lifecycle.core.ids import check_instance_id
 from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends
 
 

@@ -28,9 +28,9 @@ from hypothesis.stateful import (
 )
 
 from mt5lifecycle import Credentials, InvalidTransition, Lifecycle, Policy, Reason, State
-from mt5lifecycle.memory import MemoryArchive
-from mt5lifecycle.records import LoginResult
-from mt5lifecycle.states import Due
+from mt5lifecycle.builtin.memory import MemoryArchive
+from mt5lifecycle.core.records import LoginResult
+from mt5lifecycle.core.states import Due
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, memory_backends
 
 ID = "acc-1"

@@ -18,9 +18,9 @@ from mt5lifecycle import (
     State,
     StoreUnavailable,
 )
+from mt5lifecycle.builtin.memory import MemoryCredentialStore, MemoryStateStore
+from mt5lifecycle.core.snapshot import Snapshot
 from mt5lifecycle.errors import ConcurrentUpdate
-from mt5lifecycle.memory import MemoryCredentialStore, MemoryStateStore
-from mt5lifecycle.snapshot import Snapshot
 from mt5lifecycle.testing import memory_backends, run_for
 
 from .conftest import CREDS, World

@@ -7,11 +7,11 @@ import inspect
 
 import pytest
 
-import mt5lifecycle.machine as machine
+import mt5lifecycle.core.machine as machine
 from mt5lifecycle import Policy, Reason, State
-from mt5lifecycle.machine import MACHINE, TABLE, Facts, decide, mermaid
-from mt5lifecycle.snapshot import Snapshot
-from mt5lifecycle.states import Due
+from mt5lifecycle.core.machine import MACHINE, TABLE, Facts, decide, mermaid
+from mt5lifecycle.core.snapshot import Snapshot
+from mt5lifecycle.core.states import Due
 
 
 def test_one_machine_holds_no_model() -> None:

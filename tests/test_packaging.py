@@ -24,8 +24,8 @@ sys.meta_path.insert(0, Block())
 import mt5lifecycle, mt5lifecycle.testing
 import mt5lifecycle.adapters.redis, mt5lifecycle.adapters.postgres
 import mt5lifecycle.adapters.duckdb, mt5lifecycle.adapters.prometheus
-import mt5lifecycle.adapters.mt5, mt5lifecycle.adapters.redis_leases
-import mt5lifecycle.adapters.redis_queue, mt5lifecycle.cli
+import mt5lifecycle.adapters.mt5, mt5lifecycle.adapters.redis.leases
+import mt5lifecycle.adapters.redis.queue, mt5lifecycle.cli
 from mt5lifecycle import Credentials, Lifecycle, State
 from mt5lifecycle.testing import memory_backends
 b = memory_backends()

@@ -16,8 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from mt5lifecycle import runners
-from mt5lifecycle.runners import FIRST, TICK, Pace, Submit, Task, run_all
+from mt5lifecycle.runtime import _runners as runners
+from mt5lifecycle.runtime._runners import FIRST, TICK, Pace, Submit, Task, run_all
 
 
 def never(task: Task) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from mt5lifecycle import Backends, Credentials, Lifecycle, Reason, State
-from mt5lifecycle.memory import MemoryStateStore
+from mt5lifecycle.builtin.memory import MemoryStateStore
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, memory_backends, run_for
 
 pytest_plugins = ["pytester"]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from mt5lifecycle import ConnectionState, InvalidTransition, Policy, Reason, State
-from mt5lifecycle.records import Outcome
-from mt5lifecycle.states import Due
+from mt5lifecycle.core.records import Outcome
+from mt5lifecycle.core.states import Due
 
 from .conftest import World
 

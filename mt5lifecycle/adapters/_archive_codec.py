@@ -19,15 +19,16 @@ from typing import Any, Final
 
 import attrs
 
-from ..ids import check_instance_id
-from ..records import (
+from ..core.ids import check_instance_id
+from ..core.records import (
     ArchiveRecord,
+    AuditRecord,
     ClosureRecord,
     LoginFailureRecord,
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from ..snapshot import Snapshot
+from ..core.snapshot import Snapshot
 
 __all__ = ["KINDS", "decode", "decode_many", "encode", "encode_many", "record_key"]
 
@@ -36,6 +37,7 @@ KINDS: Final[dict[str, type[Any]]] = {
     "login_failure": LoginFailureRecord,
     "trade_outcome": TradeOutcomeRecord,
     "closure": ClosureRecord,
+    "audit": AuditRecord,
 }
 _KIND_OF: Final[dict[type[Any], str]] = {cls: kind for kind, cls in KINDS.items()}
 _TYPE_KEY: Final = "type"

@@ -36,11 +36,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ..clock import SystemClock
-from ..errors import StoreUnavailable
-from ..ids import check_instance_id
-from ..ports import Clock, Metrics
-from ..records import (
+from ..builtin.clock import SystemClock
+from ..core.ids import check_instance_id
+from ..core.records import (
     ArchiveRecord,
     ClosureRecord,
     LoginFailureRecord,
@@ -48,7 +46,9 @@ from ..records import (
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from ..states import ConnectionState, Reason, State
+from ..core.states import ConnectionState, Reason, State
+from ..errors import StoreUnavailable
+from ..ports import Clock, Metrics
 from ._archive_codec import record_key
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ class _Rows:
                     record.comment,
                 )
             )
-        else:
+        elif isinstance(record, ClosureRecord):
             final = record.final
             self.closures.append(
                 (

@@ -34,9 +34,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ..credentials import Credentials
+from ..core.credentials import Credentials
+from ..core.ids import check_instance_id
 from ..errors import CredentialsUndecryptable, LifecycleError, StoreUnavailable
-from ..ids import check_instance_id
 
 if TYPE_CHECKING:
     from types import TracebackType

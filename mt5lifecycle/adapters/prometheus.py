@@ -33,9 +33,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..ids import check_instance_id
-from ..records import LOGIN_REASONS, Notification
-from ..states import AlertKind, Reason, State
+from ..core.ids import check_instance_id
+from ..core.records import LOGIN_REASONS, Notification
+from ..core.states import AlertKind, Reason, State
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..backends import Backends
-from ..memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
+from ..builtin.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
 from ..ports import Broker, Clock
+from ..runtime.backends import Backends
 from .broker import FakeBroker
 from .clock import FakeClock
 from .notifier import RecordingNotifier

@@ -12,12 +12,12 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from ..closing import DONE, DONE_PARTIAL, POSITION_CLOSED
-from ..credentials import Credentials
-from ..ids import check_instance_id
+from ..core.closing import DONE, DONE_PARTIAL, POSITION_CLOSED
+from ..core.credentials import Credentials
+from ..core.ids import check_instance_id
+from ..core.records import LOGIN_REASONS, LoginResult, Order, Position, TradeResult
+from ..core.states import Reason, TerminalStatus
 from ..ports import Clock
-from ..records import LOGIN_REASONS, LoginResult, Order, Position, TradeResult
-from ..states import Reason, TerminalStatus
 
 __all__ = ["FakeBroker"]
 

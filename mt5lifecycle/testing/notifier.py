@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..records import Notification
-from ..states import AlertKind
+from ..core.records import Notification
+from ..core.states import AlertKind
 
 __all__ = ["RecordingNotifier"]
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ..backends import Backends
-from ..credentials import Credentials
-from ..lifecycle import Lifecycle
-from ..policy import Policy
+from ..core.credentials import Credentials
+from ..core.policy import Policy
+from ..runtime.backends import Backends
+from ..runtime.lifecycle import Lifecycle
 from . import memory_backends
 from .broker import FakeBroker
 from .clock import FakeClock

@@ -15,8 +15,7 @@ import pytest
 
 from mt5lifecycle import Credentials, InvalidTransition, Lifecycle
 from mt5lifecycle.adapters.duckdb import SCHEMA_VERSION, DuckDBArchive
-from mt5lifecycle.errors import InvalidInstanceId, StoreUnavailable
-from mt5lifecycle.records import (
+from mt5lifecycle.core.records import (
     ArchiveRecord,
     ClosureRecord,
     LoginFailureRecord,
@@ -25,8 +24,9 @@ from mt5lifecycle.records import (
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from mt5lifecycle.snapshot import Snapshot
-from mt5lifecycle.states import ConnectionState, Reason, State
+from mt5lifecycle.core.snapshot import Snapshot
+from mt5lifecycle.core.states import ConnectionState, Reason, State
+from mt5lifecycle.errors import InvalidInstanceId, StoreUnavailable
 from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

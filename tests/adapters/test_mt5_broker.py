@@ -16,9 +16,9 @@ from mt5lifecycle.adapters.mt5 import (
     TerminalUnavailable,
     read_journal_line,
 )
+from mt5lifecycle.core.records import LoginResult, Order, Position
+from mt5lifecycle.core.states import TerminalStatus
 from mt5lifecycle.ports import Broker
-from mt5lifecycle.records import LoginResult, Order, Position
-from mt5lifecycle.states import TerminalStatus
 from mt5lifecycle.testing import FakeClock
 from mt5lifecycle.testing.fake_mt5 import FakeMetaTrader5, Mt5LinuxProxy, OrderSendResult
 

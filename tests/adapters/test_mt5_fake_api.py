@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from mt5lifecycle.adapters import mt5 as adapter
-from mt5lifecycle.adapters import mt5_classify
+from mt5lifecycle.adapters.mt5 import broker as adapter
+from mt5lifecycle.adapters.mt5 import classify as mt5_classify
 from mt5lifecycle.testing import fake_mt5
 from mt5lifecycle.testing.fake_mt5 import SCRIPTING_API, FakeMetaTrader5
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from mt5lifecycle import Credentials, Lifecycle, Reason, State
-from mt5lifecycle.memory import MemoryArchive
-from mt5lifecycle.records import Outcome
-from mt5lifecycle.states import AlertKind, ConnectionState
+from mt5lifecycle.builtin.memory import MemoryArchive
+from mt5lifecycle.core.records import Outcome
+from mt5lifecycle.core.states import AlertKind, ConnectionState
 from mt5lifecycle.testing import RecordingNotifier, memory_backends, run_for
 from tests.adapters.test_mt5_broker import CREDS, LOGIN, PASSWORD, SERVER, World
 

@@ -26,7 +26,7 @@ from mt5lifecycle.adapters.postgres import (
     PostgresCredentialStore,
     SchemaVersionError,
 )
-from mt5lifecycle.credentials import Credentials
+from mt5lifecycle.core.credentials import Credentials
 from mt5lifecycle.errors import (
     CredentialsUndecryptable,
     InvalidInstanceId,

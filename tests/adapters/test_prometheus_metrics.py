@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mt5lifecycle import Backends, Credentials, Lifecycle
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
+from mt5lifecycle.core.records import Notification
+from mt5lifecycle.core.states import AlertKind, Reason, State
 from mt5lifecycle.errors import InvalidInstanceId
 from mt5lifecycle.ports import Metrics
-from mt5lifecycle.records import Notification
-from mt5lifecycle.states import AlertKind, Reason, State
 from mt5lifecycle.testing import FakeBroker, memory_backends, run_for
 
 P = "mt5lifecycle_"

@@ -19,10 +19,10 @@ import redis
 from redis.cluster import RedisCluster
 
 from mt5lifecycle.adapters.redis import KEY_SUFFIXES, RedisStateStore
+from mt5lifecycle.core.snapshot import Snapshot, utc
+from mt5lifecycle.core.states import Due, Reason, State
 from mt5lifecycle.errors import ConcurrentUpdate, LockLost
 from mt5lifecycle.ports import Stored
-from mt5lifecycle.snapshot import Snapshot, utc
-from mt5lifecycle.states import Due, Reason, State
 
 NODES = 3
 SLOTS = 16384

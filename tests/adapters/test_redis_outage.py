@@ -19,10 +19,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mt5lifecycle.adapters.redis import RedisStateStore
+from mt5lifecycle.core.snapshot import Snapshot, utc
+from mt5lifecycle.core.states import ConnectionState, Due, Reason, State
 from mt5lifecycle.errors import ConcurrentUpdate, StoreUnavailable
 from mt5lifecycle.ports import Stored
-from mt5lifecycle.snapshot import Snapshot, utc
-from mt5lifecycle.states import ConnectionState, Due, Reason, State
 
 FIRST = Snapshot(
     status=State.CONNECTING,

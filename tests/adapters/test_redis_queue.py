@@ -21,9 +21,8 @@ from redis.retry import Retry
 
 from mt5lifecycle.adapters import _archive_codec as codec
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
-from mt5lifecycle.adapters.redis_queue import Archiver, RedisStreamArchive
-from mt5lifecycle.errors import StoreUnavailable
-from mt5lifecycle.records import (
+from mt5lifecycle.adapters.redis.queue import Archiver, RedisStreamArchive
+from mt5lifecycle.core.records import (
     ArchiveRecord,
     ClosureRecord,
     LoginFailureRecord,
@@ -31,8 +30,9 @@ from mt5lifecycle.records import (
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from mt5lifecycle.snapshot import Snapshot
-from mt5lifecycle.states import Reason, State
+from mt5lifecycle.core.snapshot import Snapshot
+from mt5lifecycle.core.states import Reason, State
+from mt5lifecycle.errors import StoreUnavailable
 from tests.adapters.test_duckdb_archive import Metrics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -307,9 +307,9 @@ from datetime import datetime, timezone
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from mt5lifecycle.adapters.redis_queue import RedisStreamArchive
-from mt5lifecycle.records import TransitionRecord
-from mt5lifecycle.states import State
+from mt5lifecycle.adapters.redis.queue import RedisStreamArchive
+from mt5lifecycle.core.records import TransitionRecord
+from mt5lifecycle.core.states import State
 
 stream, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 client = redis.Redis(host="127.0.0.1", port=6379)
@@ -331,7 +331,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
-from mt5lifecycle.adapters.redis_queue import Archiver
+from mt5lifecycle.adapters.redis.queue import Archiver
 
 path, stream = sys.argv[1], sys.argv[2]
 stop = threading.Event()

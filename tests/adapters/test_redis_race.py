@@ -21,9 +21,9 @@ import pytest
 import redis
 
 from mt5lifecycle.adapters.redis import RedisStateStore
+from mt5lifecycle.core.snapshot import Snapshot
+from mt5lifecycle.core.states import State
 from mt5lifecycle.errors import ConcurrentUpdate, LockLost
-from mt5lifecycle.snapshot import Snapshot
-from mt5lifecycle.states import State
 
 WORKERS = 8
 RACE_SECONDS = float(os.environ.get("MT5L_RACE_SECONDS", "1.0"))

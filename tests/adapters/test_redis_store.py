@@ -22,6 +22,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mt5lifecycle.adapters.redis import KEY_SUFFIXES, RedisStateStore, RedisType
+from mt5lifecycle.core.snapshot import Snapshot, utc
+from mt5lifecycle.core.states import ConnectionState, Due, Reason, State
 from mt5lifecycle.errors import (
     ConcurrentUpdate,
     CorruptState,
@@ -30,8 +32,6 @@ from mt5lifecycle.errors import (
     StoreUnavailable,
 )
 from mt5lifecycle.ports import LockToken, StateStore, Stored
-from mt5lifecycle.snapshot import Snapshot, utc
-from mt5lifecycle.states import ConnectionState, Due, Reason, State
 
 HOST, PORT = "127.0.0.1", 6379
 

@@ -32,7 +32,7 @@ from mt5lifecycle.adapters.mt5 import MT5Broker
 from mt5lifecycle.adapters.postgres import PostgresCredentialStore
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
 from mt5lifecycle.adapters.redis import RedisStateStore
-from mt5lifecycle.records import ClosureRecord
+from mt5lifecycle.core.records import ClosureRecord
 from mt5lifecycle.testing import FakeClock, RecordingNotifier, run_for
 from mt5lifecycle.testing.fake_mt5 import FakeMetaTrader5
 

@@ -34,8 +34,8 @@ from mt5lifecycle.adapters.mt5 import MT5Broker
 from mt5lifecycle.adapters.postgres import PostgresCredentialStore
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
 from mt5lifecycle.adapters.redis import KEY_SUFFIXES, RedisStateStore
-from mt5lifecycle.records import LOGIN_REASONS
-from mt5lifecycle.snapshot import Snapshot
+from mt5lifecycle.core.records import LOGIN_REASONS
+from mt5lifecycle.core.snapshot import Snapshot
 from mt5lifecycle.testing.fake_mt5 import FakeMetaTrader5
 
 from .conftest import CREDS, LOGIN, PASSWORD, SERVER, World

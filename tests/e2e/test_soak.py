@@ -33,12 +33,12 @@ from mt5lifecycle import (
     State,
     StoreUnavailable,
 )
-from mt5lifecycle.credentials import Credentials as _Credentials
-from mt5lifecycle.memory import MemoryCredentialStore, MemoryStateStore
+from mt5lifecycle.builtin.memory import MemoryCredentialStore, MemoryStateStore
+from mt5lifecycle.core.credentials import Credentials as _Credentials
+from mt5lifecycle.core.records import LoginResult, Order, Position, TradeResult
+from mt5lifecycle.core.snapshot import Snapshot
+from mt5lifecycle.core.states import Due, TerminalStatus
 from mt5lifecycle.ports import LockToken, Stored
-from mt5lifecycle.records import LoginResult, Order, Position, TradeResult
-from mt5lifecycle.snapshot import Snapshot
-from mt5lifecycle.states import Due, TerminalStatus
 from mt5lifecycle.testing import FakeClock, run_for
 
 INSTANCES = 5000

@@ -16,10 +16,10 @@ import redis
 
 from mt5lifecycle import Backends, Credentials, Fleet, Policy, Reason
 from mt5lifecycle.adapters.redis import RedisStateStore
-from mt5lifecycle.adapters.redis_leases import RedisLeases
-from mt5lifecycle.clock import SystemClock
-from mt5lifecycle.memory import MemoryCredentialStore
-from mt5lifecycle.records import LoginResult
+from mt5lifecycle.adapters.redis.leases import RedisLeases
+from mt5lifecycle.builtin.clock import SystemClock
+from mt5lifecycle.builtin.memory import MemoryCredentialStore
+from mt5lifecycle.core.records import LoginResult
 from mt5lifecycle.testing import FakeBroker
 
 

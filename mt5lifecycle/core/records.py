@@ -19,7 +19,9 @@ from .states import AlertKind, Reason, State
 
 __all__ = [
     "LOGIN_REASONS",
+    "Account",
     "ArchiveRecord",
+    "AuditRecord",
     "ClosureRecord",
     "LoginFailureRecord",
     "LoginResult",
@@ -67,6 +69,10 @@ class Notification:
     reason: Reason | None
     message: str
     at: datetime
+    id: str = attrs.field(factory=new_record_id)
+    """Minted once, when the transition that raised it is decided, and stored with it:
+    delivery is at least once, and a notification delivered twice (after a crash)
+    carries the same id both times, so a notifier can drop the second."""
 
 
 @attrs.frozen(kw_only=True)
@@ -143,7 +149,30 @@ class ClosureRecord:
     status: State = State.INACTIVE
 
 
-ArchiveRecord = TransitionRecord | LoginFailureRecord | TradeOutcomeRecord | ClosureRecord
+@attrs.frozen(kw_only=True)
+class AuditRecord:
+    """One operator action (from the API, the console or the command line), done or refused."""
+
+    instance_id: str
+    at: datetime
+    actor: str
+    """Who: a token's name, or the OS user for the command line."""
+    action: str
+    """What: ``reset``, ``disable``, ``confirm_closure``, ``add``, ``put_credentials``, ..."""
+    source: State | None
+    """The state before the action (``None``: nothing was stored)."""
+    dest: State | None
+    """The state after it; equal to ``source`` for a refused action."""
+    outcome: str
+    """``"done"`` or ``"refused"``."""
+    detail: str = ""
+    """Why it was refused, or what it changed; never a password."""
+    record_id: str = attrs.field(factory=new_record_id)
+
+
+ArchiveRecord = (
+    TransitionRecord | LoginFailureRecord | TradeOutcomeRecord | ClosureRecord | AuditRecord
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -175,6 +204,25 @@ class TradeResult:
     comment: str = ""
 
 
+@attrs.frozen
+class Account:
+    """Which account a terminal is logged in to: its login on its broker server.
+
+    Not a secret: it is what the terminal shows in its title bar. The password is never
+    part of it.
+    """
+
+    login: int
+    server: str
+
+    def matches(self, other: Account) -> bool:
+        """Same login on the same server; server names are compared case-insensitively,
+        as the terminal's server list does."""
+        return self.login == other.login and (
+            self.server.strip().casefold() == other.server.strip().casefold()
+        )
+
+
 @attrs.frozen(kw_only=True)
 class LoginResult:
     """The broker's answer to one login call, already classified."""
@@ -187,10 +235,13 @@ class LoginResult:
     """The terminal's own error code (``last_error()[0]`` for MetaTrader 5)."""
     message: str = ""
     """The terminal's own words; never holds the password."""
+    account: Account | None = None
+    """On success, the account the terminal says it is logged in to (``account_info()``),
+    when the broker can tell; the lifecycle checks it against the credentials."""
 
     @classmethod
-    def success(cls) -> LoginResult:
-        return cls(ok=True)
+    def success(cls, account: Account | None = None) -> LoginResult:
+        return cls(ok=True, account=account)
 
     @classmethod
     def failure(cls, reason: Reason, code: int | None = None, message: str = "") -> LoginResult:

@@ -31,23 +31,23 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ..clock import SystemClock
-from ..errors import StoreUnavailable
-from ..ids import check_instance_id
-from ..ports import Clock, Metrics
-from ..records import (
+from ...builtin.clock import SystemClock
+from ...core.ids import check_instance_id
+from ...core.records import (
     ArchiveRecord,
     ClosureRecord,
     LoginFailureRecord,
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from ._archive_codec import decode_many, encode_many
+from ...errors import StoreUnavailable
+from ...ports import Clock, Metrics
+from .._archive_codec import decode_many, encode_many
 
 if TYPE_CHECKING:
     import redis
 
-    from .duckdb import DuckDBArchive
+    from ..duckdb import DuckDBArchive
 
 __all__ = ["DEFAULT_STREAM", "Archiver", "RedisStreamArchive"]
 

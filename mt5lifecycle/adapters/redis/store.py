@@ -45,7 +45,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import attrs
 
-from ..errors import (
+from ...core.ids import check_instance_id
+from ...core.records import new_record_id
+from ...core.snapshot import Snapshot
+from ...core.states import ConnectionState, Due, Reason, State
+from ...errors import (
     ConcurrentUpdate,
     CorruptState,
     InvalidInstanceId,
@@ -53,11 +57,7 @@ from ..errors import (
     LockLost,
     StoreUnavailable,
 )
-from ..ids import check_instance_id
-from ..ports import LockToken, Stored
-from ..records import new_record_id
-from ..snapshot import Snapshot
-from ..states import ConnectionState, Due, Reason, State
+from ...ports import LockToken, Stored
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -11,19 +11,20 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from .clock import SystemClock
-from .credentials import Credentials
-from .errors import ConcurrentUpdate, LockLost
-from .ids import check_instance_id
-from .ports import Clock, LockToken, Stored
-from .records import (
+from ..core.credentials import Credentials
+from ..core.ids import check_instance_id
+from ..core.records import (
     ArchiveRecord,
+    AuditRecord,
     ClosureRecord,
     LoginFailureRecord,
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from .snapshot import Snapshot
+from ..core.snapshot import Snapshot
+from ..errors import ConcurrentUpdate, LockLost
+from ..ports import Clock, LockToken, Stored
+from .clock import SystemClock
 
 __all__ = [
     "MemoryArchive",
@@ -236,6 +237,7 @@ class MemoryArchive:
         self.login_failures: list[LoginFailureRecord] = []
         self.trade_outcomes: list[TradeOutcomeRecord] = []
         self.closures: dict[str, ClosureRecord] = {}
+        self.audits: list[AuditRecord] = []
         self._seen: set[str] = set()
 
     def write(self, records: Sequence[ArchiveRecord]) -> None:
@@ -251,6 +253,8 @@ class MemoryArchive:
                 self.transitions.append(record)
             elif isinstance(record, LoginFailureRecord):
                 self.login_failures.append(record)
+            elif isinstance(record, AuditRecord):
+                self.audits.append(record)
             else:
                 self.trade_outcomes.append(record)
 

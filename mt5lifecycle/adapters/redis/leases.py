@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreUnavailable
-from ..ids import check_instance_id
+from ...core.ids import check_instance_id
+from ...errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from redis import Redis

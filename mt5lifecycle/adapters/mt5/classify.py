@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..states import Reason
+from ...core.states import Reason
 
 __all__ = [
     "AUTH_FAILED_CODE",

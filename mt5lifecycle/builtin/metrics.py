@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .records import Notification
-from .states import Reason, State
+from ..core.records import Notification
+from ..core.states import Reason, State
 
 __all__ = ["NullMetrics"]
 

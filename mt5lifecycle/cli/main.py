@@ -30,10 +30,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import attrs
 
-from . import __version__
-from .backends import Backends
-from .clock import ScaledClock, SystemClock
-from .errors import (
+from .. import __version__
+from ..builtin.clock import ScaledClock, SystemClock
+from ..builtin.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore, NullArchive
+from ..builtin.metrics import NullMetrics
+from ..core.ids import check_instance_id
+from ..core.records import Notification, Order, Position, TradeResult
+from ..core.snapshot import Snapshot, utc
+from ..core.states import Due, State, TerminalStatus
+from ..errors import (
     CorruptState,
     CredentialsUndecryptable,
     InvalidInstanceId,
@@ -41,20 +46,15 @@ from .errors import (
     LifecycleError,
     StoreUnavailable,
 )
-from .ids import check_instance_id
-from .lifecycle import Lifecycle
-from .memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore, NullArchive
-from .metrics import NullMetrics
-from .records import Notification, Order, Position, TradeResult
-from .snapshot import Snapshot, utc
-from .states import Due, State, TerminalStatus
+from ..runtime.backends import Backends
+from ..runtime.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
-    from .adapters.duckdb import DuckDBArchive
-    from .adapters.postgres import PostgresCredentialStore
-    from .adapters.redis import RedisStateStore
-    from .credentials import Credentials
-    from .ports import Archive, Clock, CredentialStore, StateStore
+    from ..adapters.duckdb import DuckDBArchive
+    from ..adapters.postgres import PostgresCredentialStore
+    from ..adapters.redis.store import RedisStateStore
+    from ..core.credentials import Credentials
+    from ..ports import Archive, Clock, CredentialStore, StateStore
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -153,7 +153,7 @@ def _driver(module: str, extra: str) -> Any:
 def open_redis(url: str, prefix: str) -> RedisStateStore:
     """A state store on ``url``; short timeouts, so a dead server fails fast."""
     redis = _driver("redis", "redis")
-    from .adapters.redis import RedisStateStore
+    from ..adapters.redis.store import RedisStateStore
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
@@ -170,7 +170,7 @@ def open_redis(url: str, prefix: str) -> RedisStateStore:
 
 def open_postgres(dsn: str, keys: Sequence[str], schema: str) -> PostgresCredentialStore:
     _driver("psycopg", "postgres")
-    from .adapters.postgres import PostgresCredentialStore
+    from ..adapters.postgres import PostgresCredentialStore
 
     if not keys:
         raise CliError(
@@ -186,7 +186,7 @@ def open_postgres(dsn: str, keys: Sequence[str], schema: str) -> PostgresCredent
 
 def open_archive(path: str, *, must_exist: bool = True) -> DuckDBArchive:
     _driver("duckdb", "duckdb")
-    from .adapters.duckdb import DuckDBArchive
+    from ..adapters.duckdb import DuckDBArchive
 
     if must_exist and not Path(path).is_file():
         raise CliError(f"archive unavailable: {path} does not exist", EXIT_UNAVAILABLE)
@@ -326,7 +326,7 @@ class Context:
 
 
 def cmd_diagram(ctx: Context) -> int:
-    from .machine import mermaid
+    from ..core.machine import mermaid
 
     ctx.out.write(mermaid())
     return EXIT_OK
@@ -657,7 +657,7 @@ def _demo_stores(ctx: Context, clock: Clock) -> _DemoStores:
         redis_store.load("probe")  # fail fast, before a schema is made in PostgreSQL
         # A key made for this run only: the demo's passwords are made up anyway.
         _driver("psycopg", "postgres")
-        from .adapters.postgres import PostgresCredentialStore
+        from ..adapters.postgres import PostgresCredentialStore
 
         pg = open_postgres(args.postgres, [PostgresCredentialStore.generate_key()], schema)
         ctx.later(pg.close)
@@ -713,7 +713,7 @@ def cmd_demo(ctx: Context) -> int:
         raise CliError(f"--speed must be a positive number, not {args.speed}", EXIT_USAGE)
     clock: Clock
     if args.instant:
-        from .testing.clock import FakeClock
+        from ..testing.clock import FakeClock
 
         clock = FakeClock()
         pace = "instant (a fake clock jumps from one due time to the next)"

@@ -21,25 +21,17 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from .backends import Backends
-from .closing import close_all
-from .credentials import Credentials
-from .errors import (
-    ConcurrentUpdate,
-    CredentialsUndecryptable,
-    InvalidTransition,
-    LockLost,
-    StoreUnavailable,
-)
-from .ids import check_instance_id
-from .machine import CLOSURE_CONFIRMED, Command, Decision, Facts, decide, machine_state
-from .memory import NullArchive
-from .metrics import NullMetrics
-from .policy import Policy
-from .ports import LockToken, Stored
-from .records import (
+from ..builtin.memory import NullArchive
+from ..builtin.metrics import NullMetrics
+from ..core.closing import close_all
+from ..core.credentials import Credentials
+from ..core.ids import check_instance_id
+from ..core.machine import CLOSURE_CONFIRMED, Command, Decision, Facts, decide, machine_state
+from ..core.policy import Policy
+from ..core.records import (
     LOGIN_REASONS,
     ArchiveRecord,
+    AuditRecord,
     ClosureRecord,
     LoginFailureRecord,
     LoginResult,
@@ -47,8 +39,17 @@ from .records import (
     TradeOutcomeRecord,
     TransitionRecord,
 )
-from .snapshot import Snapshot, replace, utc
-from .states import AlertKind, Due, Reason, State, TerminalStatus
+from ..core.snapshot import Snapshot, replace, utc
+from ..core.states import AlertKind, Due, Reason, State, TerminalStatus
+from ..errors import (
+    ConcurrentUpdate,
+    CredentialsUndecryptable,
+    InvalidTransition,
+    LockLost,
+    StoreUnavailable,
+)
+from ..ports import LockToken, Stored
+from .backends import Backends
 
 __all__ = ["Lifecycle"]
 
@@ -235,25 +236,69 @@ class Lifecycle:
 
     # --- operator actions ------------------------------------------------------
 
-    def reset(self) -> None:
-        """Clear the counters and log in again, from ``FAILED`` or ``INACTIVE``."""
-        self._event("reset")
+    def reset(self, *, force: bool = False, by: str | None = None) -> None:
+        """Clear the counters and log in again, from ``FAILED`` or ``INACTIVE``.
 
-    def disable(self) -> None:
+        ``by`` names the operator: the action is then archived (``AuditRecord``),
+        refused or not.
+        """
+        self._audited("reset", by, lambda: self._event("reset"))
+
+    def disable(self, *, by: str | None = None) -> None:
         """Take the instance out of service (``INACTIVE``, ``MANUAL``)."""
-        self._event("disable")
+        self._audited("disable", by, lambda: self._event("disable"))
 
-    def confirm_closure(self) -> None:
+    def confirm_closure(self, *, by: str | None = None) -> None:
         """Confirm an ``ACCOUNT_CLOSED`` account: delete its credentials and state.
 
         Running it again after a crash mid-way finishes the cleanup.
         """
-        self._ensure_loaded()
-        snap = self._snap
-        if snap is not None and snap.due is Due.CLEANUP and not self._gone:
-            self._cleanup(self.backends.clock.now())
+
+        def confirm() -> None:
+            self._ensure_loaded()
+            snap = self._snap
+            if snap is not None and snap.due is Due.CLEANUP and not self._gone:
+                self._cleanup(self.backends.clock.now())
+                return
+            self._event("confirm_closure")
+
+        self._audited("confirm_closure", by, confirm)
+
+    def _audited(self, action: str, by: str | None, run: Callable[[], None]) -> None:
+        if by is None:
+            run()
             return
-        self._event("confirm_closure")
+        self._ensure_loaded()
+        before = self._snap.status if self._snap is not None else None
+        try:
+            run()
+        except InvalidTransition as exc:
+            self._audit(action, by, before, before, "refused", exc.detail)
+            raise
+        after = State.INACTIVE if self._gone else (self._snap.status if self._snap else None)
+        self._audit(action, by, before, after, "done", "")
+
+    def _audit(
+        self,
+        action: str,
+        by: str,
+        before: State | None,
+        after: State | None,
+        outcome: str,
+        detail: str,
+    ) -> None:
+        record = AuditRecord(
+            instance_id=self.instance_id,
+            at=utc(self.backends.clock.now()),
+            actor=by,
+            action=action,
+            source=before,
+            dest=after,
+            outcome=outcome,
+            detail=detail,
+        )
+        self._write([record])
+        self._guarded("archive", self.backends.archive.flush)
 
     # --- the machinery ---------------------------------------------------------
 

@@ -15,8 +15,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from ..ports import Broker
 from .policy import Policy
-from .ports import Broker
 from .records import Order, Outcome, Position, TradeOutcomeRecord, TradeResult
 from .snapshot import utc
 

@@ -11,7 +11,7 @@ proxy or an RPC client fits alike.
 
 What the terminal says is turned into the library's words here, and only here:
 ``last_error()`` and the terminal's journal become a ``Reason`` (through a replaceable
-``classify`` function, :mod:`mt5lifecycle.adapters.mt5_classify`), ``order_send``
+``classify`` function, :mod:`mt5lifecycle.adapters.mt5.classify`), ``order_send``
 results become ``TradeResult``s. The adapter never retries a trade: the core decides
 what a requote or a partial fill leads to (SPEC section 8), so every retry is visible
 in one place and bounded by one policy.
@@ -27,12 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..credentials import Credentials
-from ..errors import LifecycleError
-from ..ids import check_instance_id
-from ..records import LoginResult, Order, Position, TradeResult
-from ..states import Reason, TerminalStatus
-from .mt5_classify import NETWORK_CODES, Classifier, classify_login_failure
+from ...core.credentials import Credentials
+from ...core.ids import check_instance_id
+from ...core.records import LoginResult, Order, Position, TradeResult
+from ...core.states import Reason, TerminalStatus
+from ...errors import LifecycleError
+from .classify import NETWORK_CODES, Classifier, classify_login_failure
 
 __all__ = [
     "MT5Broker",

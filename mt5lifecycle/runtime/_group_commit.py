@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from .ports import LockToken, StateStore, Stored
-from .snapshot import Snapshot
+from ..core.snapshot import Snapshot
+from ..ports import LockToken, StateStore, Stored
 
 __all__ = ["BatchingStateStore", "GroupCommitStore"]
 

@@ -30,17 +30,17 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ..builtin.clock import SystemClock
+from ..core.ids import check_instance_id
+from ..core.policy import Policy
+from ..core.snapshot import Snapshot
+from ..core.states import Due, State
+from ..errors import InvalidTransition, StoreUnavailable, Unrecoverable
+from ..ports import Leases, Stored, VersionReader
+from ._batch import SLICE, Step, run_together, start_together
+from ._group_commit import BatchingStateStore, GroupCommitStore
 from .backends import Backends
-from .batch import SLICE, Step, run_together, start_together
-from .clock import SystemClock
-from .errors import InvalidTransition, StoreUnavailable, Unrecoverable
-from .group_commit import BatchingStateStore, GroupCommitStore
-from .ids import check_instance_id
 from .lifecycle import Lifecycle
-from .policy import Policy
-from .ports import Leases, Stored, VersionReader
-from .snapshot import Snapshot
-from .states import Due, State
 
 __all__ = ["Fleet"]
 

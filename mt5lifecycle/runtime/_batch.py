@@ -34,14 +34,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from .errors import ConcurrentUpdate, LockLost, StoreUnavailable
-from .group_commit import BatchingStateStore, PendingCommit
+from ..core.machine import Decision, Facts
+from ..core.records import LoginResult
+from ..core.states import Due, TerminalStatus
+from ..errors import ConcurrentUpdate, LockLost, StoreUnavailable
+from ..ports import LockToken
+from ._group_commit import BatchingStateStore, PendingCommit
+from ._runners import Pace, Submit, Task, run_all
 from .lifecycle import Lifecycle
-from .machine import Decision, Facts
-from .ports import LockToken
-from .records import LoginResult
-from .runners import Pace, Submit, Task, run_all
-from .states import Due, TerminalStatus
 
 __all__ = [
     "SLICE",

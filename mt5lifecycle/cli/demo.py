@@ -22,14 +22,9 @@ from typing import TextIO
 
 import attrs
 
-from .backends import Backends
-from .credentials import Credentials
-from .errors import LifecycleError
-from .fleet import Fleet
-from .lifecycle import Lifecycle
-from .policy import Policy
-from .ports import Archive, Clock, CredentialStore, StateStore
-from .records import (
+from ..core.credentials import Credentials
+from ..core.policy import Policy
+from ..core.records import (
     ArchiveRecord,
     ClosureRecord,
     LoginFailureRecord,
@@ -41,8 +36,13 @@ from .records import (
     TradeResult,
     TransitionRecord,
 )
-from .states import AlertKind, Reason, State, TerminalStatus
-from .testing.broker import FakeBroker
+from ..core.states import AlertKind, Reason, State, TerminalStatus
+from ..errors import LifecycleError
+from ..ports import Archive, Clock, CredentialStore, StateStore
+from ..runtime.backends import Backends
+from ..runtime.fleet import Fleet
+from ..runtime.lifecycle import Lifecycle
+from ..testing.broker import FakeBroker
 
 __all__ = [
     "FLOWS",

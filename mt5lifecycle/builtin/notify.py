@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .records import Notification
+from ..core.records import Notification
 
 __all__ = ["CallbackNotifier", "LoggingNotifier", "NullNotifier"]
 

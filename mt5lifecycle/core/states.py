@@ -63,6 +63,10 @@ class AlertKind(str, Enum):
     ACCOUNT_CLOSED = "ACCOUNT_CLOSED"
     AUTO_RECOVERY_FAILURE = "AUTO_RECOVERY_FAILURE"
     CREDENTIALS_DELETED = "CREDENTIALS_DELETED"
+    BROKER_SERVER_DOWN = "BROKER_SERVER_DOWN"
+    """Many accounts of one broker server failed together: the server is taken as down."""
+    BROKER_SERVER_RECOVERED = "BROKER_SERVER_RECOVERED"
+    """Logins to a server taken as down succeed again."""
 
     def __str__(self) -> str:
         return self.value

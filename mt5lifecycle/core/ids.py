@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidInstanceId
+from ..errors import InvalidInstanceId
 
 __all__ = ["check_instance_id"]
 

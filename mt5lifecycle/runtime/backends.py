@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import attrs
 
-from .memory import NullArchive
-from .metrics import NullMetrics
-from .notify import NullNotifier
-from .ports import Archive, Broker, Clock, CredentialStore, Metrics, Notifier, StateStore
+from ..builtin.memory import NullArchive
+from ..builtin.metrics import NullMetrics
+from ..builtin.notify import NullNotifier
+from ..ports import Archive, Broker, Clock, CredentialStore, Metrics, Notifier, StateStore
 
 __all__ = ["Backends"]
 

@@ -8,6 +8,9 @@
    appender insert, appender upsert, executemany INSERT OR IGNORE.
 4. The archiver: rows per second from the Redis stream into DuckDB, against
    ``DuckDBArchive.store`` of the same records without Redis.
+5. Letting go of the file between flushes (``keep_open=False``, the default, so
+   other processes can read it) against keeping it open (``keep_open=True``): the
+   writer's time per flush, and a reader's time to open the file and read a history.
 
 Run: ``python benchmarks/archive.py`` (Redis on 127.0.0.1:6379 for part 4).
 """
@@ -233,6 +236,50 @@ def part4(tmp: Path) -> None:
     print(f"   RedisStreamArchive.write (workers' side) {produce:10.0f} rows/s")
 
 
+def part5(tmp: Path) -> None:
+    flushes = 200
+    print("5. one flush (write + flush), the file already holding 20,000 rows")
+    for size in (1, 100, 1000):
+        batch = records(size * flushes, "bench-5")
+        rates: dict[bool, float] = {}
+        for keep_open in (True, False):
+            path = tmp / f"hold-{uuid.uuid4().hex}.duckdb"
+            with DuckDBArchive(path, background=False, keep_open=True) as seed:
+                seed.store(records(20_000, "seed"))
+            archive = DuckDBArchive(
+                path, background=False, keep_open=keep_open, batch_size=size, max_buffer=size * 2
+            )
+            archive.flush()
+            start = time.perf_counter()
+            for i in range(flushes):
+                archive.write(batch[i * size : (i + 1) * size])
+                archive.flush()
+            rates[keep_open] = (time.perf_counter() - start) / flushes
+            archive.close()
+        held, let_go = rates[True], rates[False]
+        print(f"   {size:>4} record(s): kept open (baseline) {held * 1e3:7.2f} ms", end="")
+        print(f"   let go {let_go * 1e3:7.2f} ms   ratio {let_go / held:.1f}x")
+    path = tmp / "read.duckdb"
+    with DuckDBArchive(path, background=False, keep_open=True) as seed:
+        seed.store(records(20_000, "seed") + records(50, "bench-5"))
+    rounds = 100
+    with DuckDBArchive(path, background=False, keep_open=True) as held_reader:
+        start = time.perf_counter()
+        for _ in range(rounds):
+            held_reader.history("bench-5")
+        held = (time.perf_counter() - start) / rounds
+    reader = DuckDBArchive.reader(path)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        reader.history("bench-5")
+    fresh = (time.perf_counter() - start) / rounds
+    print("   history() of 50 transitions, in a file of 20,050")
+    print(f"   on an open connection (baseline) {held * 1e3:7.2f} ms", end="")
+    print(
+        f"   a reader opening the file each time {fresh * 1e3:7.2f} ms   ratio {fresh / held:.1f}x"
+    )
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
@@ -240,6 +287,7 @@ def main() -> None:
         part2(path)
         part3(path)
         part4(path)
+        part5(path)
 
 
 if __name__ == "__main__":

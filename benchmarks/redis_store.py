@@ -15,7 +15,11 @@ It prints, from one run:
   each checked against its version), next to the ceiling ``redis-benchmark -c 1 -P 1
   -t set`` measures on the same server in the same run, and their ratio (goal:
   one round trip per transition and at least 40% of the ceiling);
-- ``load_many`` of 10,000 instances next to a bare pipelined MGET of the same keys.
+- the cost of the outbox: a commit that appends one notification (SPEC section 14,
+  in the same script and round trip) next to the same commit without, commands and
+  transitions per second, from interleaved rounds;
+- ``commit_many`` and ``load_many`` of 10,000 instances, the latter next to a bare
+  pipelined MGET of the same keys.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mt5lifecycle.adapters.redis.store import BATCH, KEY_SUFFIXES, RedisStateStore
+from mt5lifecycle.adapters.redis._schema import FIELDS, LAST_COMMIT, VERSION
+from mt5lifecycle.adapters.redis.store import BATCH, RedisStateStore
+from mt5lifecycle.core.answers import Account
+from mt5lifecycle.core.records import Notification
 from mt5lifecycle.core.snapshot import Snapshot, utc
-from mt5lifecycle.core.states import ConnectionState, Due, Reason, State
+from mt5lifecycle.core.states import AlertKind, ConnectionState, Due, Reason, State
+from mt5lifecycle.ports import Commit
 
 T0 = 1767225600.0
 
@@ -71,8 +79,20 @@ def flow() -> list[Snapshot]:
             connection_state=ConnectionState.CONNECTED,
             last_login_attempt=utc(T0 + 15),
             ever_logged_in=True,
+            account=Account(5550001, "Broker-Demo"),
         ),
     ]
+
+
+def alert(instance_id: str) -> Notification:
+    """What a failed login has to tell: the size of a real outbox entry."""
+    return Notification(
+        kind=AlertKind.LOGIN_FAILURE,
+        instance_id=instance_id,
+        reason=Reason.AUTH_FAILED,
+        message="login 1 of 5 failed: Invalid account (code -6); next try in 5 s",
+        at=utc(T0),
+    )
 
 
 @contextmanager
@@ -255,9 +275,11 @@ def run(port: int, seconds: float, instances: int, rounds: int) -> None:
             print(f"    ratio to its SET   {median(to_driver):10.1%}  {shares(to_driver)}")
         print(f"  hiredis installed    {hiredis()!s:>10}")
 
+        outbox(client, port, prefix, snapshots, seconds, rounds)
+
         ids = [f"bench-{i}" for i in range(instances)]
         start = time.perf_counter()
-        results = store.commit_many([(i, snapshots[3], 0, None) for i in ids])
+        results = store.commit_many([Commit(i, snapshots[3], 0) for i in ids])
         written = time.perf_counter() - start
         assert results == [1] * instances
         start = time.perf_counter()
@@ -268,7 +290,7 @@ def run(port: int, seconds: float, instances: int, rounds: int) -> None:
         for offset in range(0, instances, BATCH):
             pipe = client.pipeline(transaction=False)
             for instance_id in ids[offset : offset + BATCH]:
-                pipe.mget([f"{prefix}:{instance_id}:{s}" for s in KEY_SUFFIXES[:14]])
+                pipe.mget([f"{prefix}:{instance_id}:{s}" for s in READ])
             pipe.execute()
         bare = time.perf_counter() - start
         print(f"{instances} instances:")
@@ -281,6 +303,64 @@ def run(port: int, seconds: float, instances: int, rounds: int) -> None:
         for offset in range(0, len(doomed), 5000):
             client.delete(*doomed[offset : offset + 5000])
         client.close()
+
+
+READ = (*(f.suffix for f in FIELDS), VERSION, LAST_COMMIT)
+"""The string keys ``load`` reads (it also asks the two outbox lists' lengths)."""
+
+
+def outbox(
+    client: redis.Redis,
+    port: int,
+    prefix: str,
+    snapshots: list[Snapshot],
+    seconds: float,
+    rounds: int,
+) -> None:
+    """A commit with one outbox entry next to the same commit without, interleaved."""
+    single = redis.Redis(host="127.0.0.1", port=port, single_connection_client=True)
+    store = RedisStateStore(single, prefix=prefix)
+    version = {"plain": store.commit("plain", snapshots[0], expected_version=0)}
+    version["outbox"] = store.commit("outbox", snapshots[0], expected_version=0)
+    entries = {"plain": (), "outbox": (alert("outbox"),)}
+
+    def commits(name: str, n: int) -> None:
+        for k in range(n):
+            version[name] = store.commit(
+                name,
+                snapshots[k % len(snapshots)],
+                expected_version=version[name],
+                outbox=entries[name],
+            )
+        # Handed over, as the relay does, so the list stays the size it has in use.
+        if entries[name]:
+            single.delete(store.key(name, "notifications"))
+
+    counted: dict[str, dict[str, int]] = {}
+    for name in ("plain", "outbox"):
+        before = commandstats(client)
+        commits(name, 2000)
+        counted[name] = delta(before, commandstats(client))
+    rates: dict[str, list[float]] = {"plain": [], "outbox": []}
+    for _ in range(rounds):
+        for name in ("plain", "outbox"):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / rounds / 4:
+                commits(name, 100)
+                count += 100
+            rates[name].append(count / (time.perf_counter() - start))
+    single.close()
+    print("a commit with one notification in its outbox (one-connection client):")
+    for name, label in (("plain", "without an outbox entry"), ("outbox", "with one entry")):
+        stats = counted[name]
+        print(
+            f"  {label:24} round trips {stats.get('evalsha', 0) / 2000:.2f}, commands "
+            f"{sum(stats.values()) / 2000:.2f} ({breakdown(stats, 2000)})"
+        )
+    ratios = [o / p for o, p in zip(rates["outbox"], rates["plain"], strict=True)]
+    print(f"  transitions/s without {median(rates['plain']):10.0f}  {figures(rates['plain'])}")
+    print(f"  transitions/s with    {median(rates['outbox']):10.0f}  {figures(rates['outbox'])}")
+    print(f"  ratio                 {median(ratios):10.1%}  {shares(ratios)} (with / without)")
 
 
 def figures(values: list[float]) -> str:

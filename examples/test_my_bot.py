@@ -16,9 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from bot_loop import run_bot
 
-from mt5lifecycle import AlertKind, Lifecycle, Policy, Reason, State
+from mt5lifecycle import (
+    AlertKind,
+    Backends,
+    Credentials,
+    CredentialsRejected,
+    Lifecycle,
+    Policy,
+    Reason,
+    State,
+)
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, run_for
 
 MakeLifecycle = Callable[..., Lifecycle]
@@ -33,11 +43,12 @@ def test_a_wrong_password_is_retried_and_recovers(
     assert lifecycle.state is State.CONNECTED
 
 
-def test_five_wrong_passwords_stop_until_an_operator_resets(
+def test_five_wrong_passwords_stop_until_an_operator_fixes_them(
     mt5_lifecycle: MakeLifecycle,
     mt5_broker: FakeBroker,
     mt5_clock: FakeClock,
     mt5_notifier: RecordingNotifier,
+    mt5_backends: Backends,
 ) -> None:
     mt5_broker.fail_logins("bot-1", Reason.AUTH_FAILED, times=5)
     lifecycle = mt5_lifecycle("bot-1")
@@ -48,6 +59,10 @@ def test_five_wrong_passwords_stop_until_an_operator_resets(
     assert snapshot.last_failure_reason is Reason.LOGIN_ATTEMPTS_EXHAUSTED
     assert AlertKind.LOGIN_FAILURE in mt5_notifier.kinds("bot-1")
 
+    # The same password is never tried again unasked: the operator stores the right one.
+    with pytest.raises(CredentialsRejected):
+        lifecycle.reset()
+    mt5_backends.credentials.put("bot-1", Credentials(5550001, "Broker-Demo", "the right one"))
     lifecycle.reset()
     run_for(lifecycle, mt5_clock, 1)
     assert lifecycle.state is State.CONNECTED

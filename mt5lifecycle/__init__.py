@@ -13,6 +13,7 @@ from .core.snapshot import Snapshot
 from .core.states import AlertKind, ConnectionState, Reason, State
 from .errors import (
     CorruptState,
+    CredentialsRejected,
     InvalidInstanceId,
     InvalidTransition,
     LifecycleError,
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectionState",
     "CorruptState",
     "Credentials",
+    "CredentialsRejected",
     "Fleet",
     "InvalidInstanceId",
     "InvalidTransition",

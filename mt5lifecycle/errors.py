@@ -14,6 +14,7 @@ __all__ = [
     "CredentialsUndecryptable",
     "InvalidInstanceId",
     "InvalidTransition",
+    "LeaseHeld",
     "LifecycleError",
     "LockLost",
     "StoreUnavailable",
@@ -172,3 +173,20 @@ class CredentialsRejected(LifecycleError):
             "have not changed since; replace them, or reset with force to try them once more",
             instance_id=instance_id,
         )
+
+
+class LeaseHeld(LifecycleError):
+    """Another worker holds the instance's lease and drives it (``Fleet.add`` with leases).
+
+    Not a refusal of the transition table: the instance may be in any state; it is
+    simply somebody else's to drive until that worker lets go or its lease expires.
+    """
+
+    def __init__(self, *, instance_id: str, owner: str | None) -> None:
+        holder = f" ({owner})" if owner else ""
+        super().__init__(
+            f"instance {instance_id!r} is driven by another worker{holder}, which holds its "
+            "lease; it can be added here once that worker lets go or its lease expires",
+            instance_id=instance_id,
+        )
+        self.owner = owner

@@ -11,12 +11,14 @@ transient and retries, never as a failed login.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from .core.credentials import Credentials
+from .core.health import FleetHealth, Health
 from .core.records import (
     Account,
     ArchiveRecord,
@@ -31,21 +33,39 @@ from .core.snapshot import Snapshot
 from .core.states import Reason, State, TerminalStatus
 
 __all__ = [
+    "AccountExpectation",
     "AccountReader",
     "Archive",
+    "BatchNotifier",
+    "BatchingStateStore",
     "Broker",
     "Clock",
+    "Commit",
     "CredentialStore",
     "Deadlined",
+    "DeliveryMetrics",
+    "Entry",
+    "HealthMetrics",
     "Leases",
     "LockToken",
+    "LoginSlots",
     "Metrics",
     "Notifier",
+    "Outbox",
+    "OutboxStore",
+    "Rejections",
+    "ScheduleMetrics",
+    "ServerMetrics",
+    "ServerOutages",
+    "SetAside",
     "StateStore",
     "Stored",
     "TradeHistory",
     "VersionReader",
 ]
+
+Entry = Notification | ArchiveRecord
+"""What a transition's outbox holds: its notifications and its archive records."""
 
 
 @attrs.frozen
@@ -54,6 +74,8 @@ class Stored:
 
     snapshot: Snapshot
     version: int
+    pending: int = 0
+    """Entries of the instance's outbox not yet handed over (stores with an outbox)."""
 
 
 @attrs.frozen
@@ -134,6 +156,159 @@ class StateStore(Protocol):
         ...
 
 
+@attrs.frozen
+class Commit:
+    """One instance's write, as ``commit`` takes it: for stores that write many at once."""
+
+    instance_id: str
+    snapshot: Snapshot | None
+    """``None`` deletes the live state (a purged closure); the outbox stays until drained."""
+    expected_version: int
+    lock: LockToken | None = None
+    outbox: Sequence[Entry] = ()
+
+
+@runtime_checkable
+class BatchingStateStore(StateStore, Protocol):
+    """A state store that can send many instances' commits in one round trip."""
+
+    def commit_many(self, items: Sequence[Commit]) -> list[int | Exception]:
+        """Each item's new version or the exception ``commit`` would have raised."""
+        ...
+
+
+@attrs.frozen
+class Outbox:
+    """What an instance's outbox holds, in the order the transitions stored it."""
+
+    notifications: tuple[Notification, ...] = ()
+    records: tuple[ArchiveRecord, ...] = ()
+
+
+@attrs.frozen
+class SetAside:
+    """A notification that kept failing after its tries, waiting for an operator."""
+
+    notification: Notification
+    error: str
+    """What the last try raised (the notifier's words, never a secret of its own)."""
+    at: datetime
+
+
+@runtime_checkable
+class OutboxStore(Protocol):
+    """A state store that keeps each transition's notifications and archive records in
+    the same atomic write as its state (SPEC section 14), until they are handed over.
+
+    The outbox lives with the instance (on Redis in its own hash slot), so one write is
+    still one round trip and a cluster still works. Without it, the runtime hands them
+    over right after the write, and a process that dies in between loses them.
+    """
+
+    def commit(
+        self,
+        instance_id: str,
+        snapshot: Snapshot | None,
+        *,
+        expected_version: int,
+        lock: LockToken | None = None,
+        outbox: Sequence[Entry] = (),
+    ) -> int:
+        """``StateStore.commit``, with the entries appended to the outbox in the same
+        atomic write; ``snapshot=None`` deletes the live state but not the outbox."""
+        ...
+
+    def outbox(self, instance_ids: Sequence[str]) -> dict[str, Outbox]:
+        """The entries waiting in each instance's outbox; ids with none are left out."""
+        ...
+
+    def acknowledge(self, delivered: Mapping[str, Sequence[str]]) -> None:
+        """Drop handed-over entries: per instance, the ids (notification ``id``s and
+        record ``record_id``s) at the heads of its outbox, in order. An id that is no
+        longer there (handed over by another process) is skipped."""
+        ...
+
+    def set_aside(self, instance_id: str, notification_id: str, error: str) -> None:
+        """Move a notification that kept failing out of the way, for an operator."""
+        ...
+
+    def set_aside_notifications(self, instance_ids: Iterable[str] | None = None) -> list[SetAside]:
+        """What was set aside (for these instances, or for all)."""
+        ...
+
+    def redeliver(self, instance_id: str, notification_ids: Sequence[str] | None = None) -> int:
+        """Put set-aside notifications back in the outbox (all, or these); how many."""
+        ...
+
+
+@runtime_checkable
+class LoginSlots(Protocol):
+    """A counting semaphore per broker server, shared by every process on the store.
+
+    Bounds the logins in flight to one server (``Policy.max_concurrent_logins_per_server``).
+    A slot expires after ``ttl`` seconds, so a holder that dies cannot keep it.
+    """
+
+    def acquire_slot(self, server: str, limit: int, ttl: float) -> str | None:
+        """A token for a free slot, or ``None`` when ``limit`` are taken."""
+        ...
+
+    def release_slot(self, server: str, token: str) -> None:
+        """Give the slot back; a no-op when it expired."""
+        ...
+
+
+@runtime_checkable
+class ServerOutages(Protocol):
+    """What every process knows about a broker server's outage (SPEC section 15).
+
+    The threshold itself is the core's (``Policy.server_outage_threshold``): the store
+    only counts and flips flags atomically, so exactly one process announces an outage
+    and exactly one its end.
+    """
+
+    def report_failure(self, server: str, instance_id: str, now: float, window: float) -> int:
+        """Count a failure; the distinct accounts of ``server`` that failed within the
+        last ``window`` seconds, this one included."""
+        ...
+
+    def mark_down(self, server: str) -> bool:
+        """Take the server as down; ``True`` only for the caller that did so."""
+        ...
+
+    def mark_up(self, server: str) -> bool:
+        """Take the server as back; ``True`` only for the caller that did so."""
+        ...
+
+    def is_down(self, server: str) -> bool: ...
+
+    def probe(self, server: str, now: float, ttl: float) -> bool:
+        """Whether this caller may try the down server now: one per ``ttl`` seconds of
+        the callers' clock (``now``)."""
+        ...
+
+
+@runtime_checkable
+class Rejections(Protocol):
+    """A credential store that remembers credentials that exhausted their attempts.
+
+    It keeps a keyed fingerprint (an HMAC), never the password a second time, so that
+    after any loss of the live state no process sends them again until they change.
+    """
+
+    def reject(self, instance_id: str, credentials: Credentials) -> None:
+        """Remember these credentials as exhausted."""
+        ...
+
+    def rejected(self, instance_id: str, credentials: Credentials) -> bool:
+        """Whether these are the credentials remembered as exhausted."""
+        ...
+
+    def forgive(self, instance_id: str) -> None:
+        """Forget the mark (the credentials logged in after all)."""
+        ...
+
+
 @runtime_checkable
 class VersionReader(Protocol):
     """A state store that can read versions without the fields (optional).
@@ -200,9 +375,26 @@ class Archive(Protocol):
 
 @runtime_checkable
 class Notifier(Protocol):
-    """Tells people and the host's backend what happened: one call per alert."""
+    """Tells people and the host's backend what happened: one call per alert.
+
+    A notifier that cannot deliver raises: the relay tries again later with backoff,
+    and sets the notification aside after ``Policy.max_delivery_attempts``. A
+    notification may arrive twice (after a crash); its ``id`` is the same both times.
+    """
 
     def notify(self, notification: Notification) -> None: ...
+
+
+@runtime_checkable
+class BatchNotifier(Notifier, Protocol):
+    """A notifier that can send many notifications of one kind as one message (optional).
+
+    A broker server that goes down takes hundreds of accounts with it: the relay hands
+    what is due together to ``notify_many`` grouped by kind, and the notifier may list
+    them in one message. It raises when any of them was not delivered.
+    """
+
+    def notify_many(self, notifications: Sequence[Notification]) -> None: ...
 
 
 @runtime_checkable
@@ -229,6 +421,41 @@ class Metrics(Protocol):
 
     def error(self, component: str, instance_id: str | None) -> None:
         """A backend fault the runtime absorbed (``"state"``, ``"archive"``, ...)."""
+        ...
+
+
+@runtime_checkable
+class ScheduleMetrics(Protocol):
+    """Metrics that watch whether the runtime keeps up with its due times (optional)."""
+
+    def lag(self, seconds: float) -> None:
+        """A due step ran ``seconds`` after its due time."""
+        ...
+
+
+@runtime_checkable
+class ServerMetrics(Protocol):
+    """Metrics that show which broker servers this process takes as down (optional)."""
+
+    def server(self, server: str, down: bool) -> None: ...
+
+
+@runtime_checkable
+class HealthMetrics(Protocol):
+    """Metrics that export the fleet's health (optional; a ``Fleet`` reports it once
+    per ``connection_check_interval``)."""
+
+    def health(self, report: FleetHealth) -> None: ...
+
+    def instance_health(self, reports: Iterable[Health]) -> None: ...
+
+
+@runtime_checkable
+class DeliveryMetrics(Protocol):
+    """Metrics that count what the relay could not deliver (optional)."""
+
+    def set_aside(self, notification: Notification) -> None:
+        """A notification that kept failing was set aside for an operator."""
         ...
 
 
@@ -282,6 +509,18 @@ class AccountReader(Protocol):
     def account(self, instance_id: str) -> Account | None:
         """The account the terminal is logged in to; ``None`` when it cannot say."""
         ...
+
+
+@runtime_checkable
+class AccountExpectation(Protocol):
+    """A broker that can be told which account a terminal must be logged in to (optional).
+
+    A login tells it by itself; a process that takes an instance over without logging
+    in (a closing resumed by the next worker) says it here, from the live state, so
+    that the broker refuses to trade on a terminal logged in to another account.
+    """
+
+    def expect_account(self, instance_id: str, account: Account | None) -> None: ...
 
 
 @runtime_checkable

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
+import attrs
 import pytest
 
-from mt5lifecycle import Backends, Credentials, Lifecycle, Policy
+from mt5lifecycle import Backends, Credentials, Lifecycle, Policy, StoreUnavailable
 from mt5lifecycle.builtin.memory import MemoryArchive
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, memory_backends
 
@@ -14,26 +16,72 @@ CREDS = Credentials(login=5550001, server="Broker-Demo", password="s3cret-Pa55")
 T0 = 1767225600.0
 
 
-class World:
-    """One instance's world: backends, fakes and the lifecycle, for short tests."""
+class Switch:
+    """A port whose calls fail while ``down``: a backend outage, a broken notifier.
 
-    def __init__(self, policy: Policy | None = None, instance_id: str = "acc-1") -> None:
+    Everything else is the inner port's, its optional capabilities included.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        *,
+        only: Collection[str] | None = None,
+        fault: Callable[[str], Exception] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.down = False
+        self.only = only
+        self.fault = fault or (
+            lambda name: StoreUnavailable(backend="test", instance_id=None, detail=f"{name}: down")
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.inner, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down and (self.only is None or name in self.only):
+                raise self.fault(name)
+            return found(*args, **kwargs)
+
+        return call
+
+
+class World:
+    """One instance's world: backends, fakes and the lifecycle, for short tests.
+
+    ``switched`` names ports (``"state"``, ``"credentials"``, ``"archive"``,
+    ``"notifier"``, ``"metrics"``) wrapped in a ``Switch``: ``world.switches[name]``.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        instance_id: str = "acc-1",
+        *,
+        switched: Collection[str] = (),
+    ) -> None:
         self.clock = FakeClock(T0)
         self.broker = FakeBroker(self.clock)
-        self.backends: Backends = memory_backends(broker=self.broker, clock=self.clock)
+        plain = memory_backends(broker=self.broker, clock=self.clock)
+        self.switches = {name: Switch(getattr(plain, name)) for name in switched}
+        self.backends: Backends = attrs.evolve(plain, **self.switches)
+        self.plain = plain
         self.id = instance_id
         self.policy = policy
         self.lc = Lifecycle(instance_id, self.backends, policy)
 
     @property
     def notifier(self) -> RecordingNotifier:
-        n = self.backends.notifier
+        n = self.plain.notifier
         assert isinstance(n, RecordingNotifier)
         return n
 
     @property
     def archive(self) -> MemoryArchive:
-        a = self.backends.archive
+        a = self.plain.archive
         assert isinstance(a, MemoryArchive)
         return a
 

@@ -50,7 +50,7 @@ def test_bot_loop() -> None:
     done = run("examples/bot_loop.py")
     assert done.returncode == 0, done.stderr
     assert "state after 30 simulated minutes: CONNECTED" in done.stdout
-    assert "CONNECTED -> CONNECTING on connection_lost" in done.stderr
+    assert "CONNECTED -> CONNECTING on connection_checked" in done.stderr
     assert "correct horse" not in done.stdout + done.stderr
 
 
@@ -68,6 +68,14 @@ def test_my_bot_tests_pass_with_the_plugin_fixtures() -> None:
     done = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/test_my_bot.py")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "5 passed" in done.stdout
+
+
+def test_production_gives_each_terminal_its_own_worker_process() -> None:
+    # Issue 21: one MetaTrader5 module for every id made the second a TerminalShared.
+    text = (EXAMPLES / "production.py").read_text(encoding="utf-8")
+    assert "ProcessTerminals(paths)" in text
+    assert "import MetaTrader5" not in text
+    assert "mt5lifecycle serve" in text
 
 
 def test_production_refuses_to_run_without_its_servers() -> None:
@@ -105,10 +113,15 @@ def test_production_wiring_on_the_real_servers(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == ["acct-1: CONNECTED", "acct-2: CONNECTED"]
         assert client.get(f"{prefix}:acct-1:status") == b"CONNECTED"
+        # Leases handed back at the end: another process may adopt at once.
+        assert list(client.scan_iter(match=f"mt5lifecycle:lease:{prefix}:*")) == []
         with DuckDBArchive(archive, background=False) as duck:
             assert [t.event for t in duck.history("acct-2")] == ["start", "login_succeeded"]
     finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        keys = [
+            *client.scan_iter(match=f"{prefix}:*"),
+            *client.scan_iter(match=f"mt5lifecycle:lease:{prefix}:*"),
+        ]
         if keys:
             client.delete(*keys)
         client.close()

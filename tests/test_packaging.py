@@ -1,5 +1,6 @@
-"""The core installs with transitions and attrs alone; adapters import their drivers
-lazily; the package ships its type information and its rules file."""
+"""The core installs with transitions, attrs and tenacity alone (and runs without
+tenacity until a delivery fails); adapters import their drivers lazily; the package
+ships its type information and its rules file."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {"redis", "psycopg", "psycopg_pool", "duckdb",
                                    "prometheus_client", "cryptography", "MetaTrader5",
-                                   "hiredis", "pytest"}:
+                                   "hiredis", "pytest", "tenacity", "apprise", "starlette",
+                                   "uvicorn", "jinja2", "psutil", "mt5linux", "rpyc"}:
             raise ImportError(f"blocked: {name}")
         return None
 sys.meta_path.insert(0, Block())
@@ -25,7 +27,8 @@ import mt5lifecycle, mt5lifecycle.testing
 import mt5lifecycle.adapters.redis, mt5lifecycle.adapters.postgres
 import mt5lifecycle.adapters.duckdb, mt5lifecycle.adapters.prometheus
 import mt5lifecycle.adapters.mt5, mt5lifecycle.adapters.redis.leases
-import mt5lifecycle.adapters.redis.queue, mt5lifecycle.cli
+import mt5lifecycle.adapters.redis.queue, mt5lifecycle.cli, mt5lifecycle.adapters.apprise
+import mt5lifecycle.adapters.mt5_process
 from mt5lifecycle import Credentials, Lifecycle, State
 from mt5lifecycle.testing import memory_backends
 b = memory_backends()
@@ -46,10 +49,11 @@ def test_the_core_and_the_kit_work_without_any_driver() -> None:
     assert out.stdout.strip() == "ok"
 
 
-def test_the_core_depends_on_transitions_and_attrs_only() -> None:
+def test_the_core_depends_on_transitions_attrs_and_tenacity_only() -> None:
+    # tenacity drives the relay's retries of a failing notifier or archive (SPEC 14).
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = sorted(dep.split(">")[0].split("=")[0].strip() for dep in project["dependencies"])
-    assert names == ["attrs", "transitions"]
+    assert names == ["attrs", "tenacity", "transitions"]
     extras = project["optional-dependencies"]
     assert {"redis", "postgres", "duckdb", "prometheus", "mt5", "all", "dev"} <= set(extras)
 

@@ -1,4 +1,5 @@
-"""Archive records as JSON, for the Redis stream between workers and the archiver.
+"""Archive records and notifications as JSON: the Redis stream between workers and
+the archiver, and the entries of an instance's outbox in the Redis state store.
 
 The codec is driven by the records' own attrs fields, so it carries exactly what a
 record holds and nothing else (no record has a field that could hold a password),
@@ -19,18 +20,31 @@ from typing import Any, Final
 
 import attrs
 
+from ..core.answers import Account, Ticket
 from ..core.ids import check_instance_id
 from ..core.records import (
     ArchiveRecord,
     AuditRecord,
     ClosureRecord,
     LoginFailureRecord,
+    Notification,
     TradeOutcomeRecord,
     TransitionRecord,
+    record_key,
 )
 from ..core.snapshot import Snapshot
 
-__all__ = ["KINDS", "decode", "decode_many", "encode", "encode_many", "record_key"]
+__all__ = [
+    "KINDS",
+    "decode",
+    "decode_entry",
+    "decode_many",
+    "encode",
+    "encode_entry",
+    "encode_many",
+    "entry_id",
+    "record_key",
+]
 
 KINDS: Final[dict[str, type[Any]]] = {
     "transition": TransitionRecord,
@@ -42,19 +56,8 @@ KINDS: Final[dict[str, type[Any]]] = {
 _KIND_OF: Final[dict[type[Any], str]] = {cls: kind for kind, cls in KINDS.items()}
 _TYPE_KEY: Final = "type"
 
-for _cls in (*KINDS.values(), Snapshot):
+for _cls in (*KINDS.values(), Snapshot, Notification, Account, Ticket):
     attrs.resolve_types(_cls)
-
-
-def record_key(record: ArchiveRecord) -> str:
-    """The identity an archive dedupes on.
-
-    A closure has no ``record_id``: there is at most one per instance, so its
-    instance id is its identity.
-    """
-    if isinstance(record, ClosureRecord):
-        return "closure:" + record.instance_id
-    return record.record_id
 
 
 def _to_json(value: object) -> object:
@@ -68,6 +71,8 @@ def _to_json(value: object) -> object:
         if value.tzinfo is None:
             raise ValueError(f"archive times must be timezone-aware, not {value!r}")
         return value.isoformat()
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
     cls: Any = type(value)
     if attrs.has(cls):
         return {f.name: _to_json(getattr(value, f.name)) for f in attrs.fields(cls)}
@@ -104,6 +109,11 @@ def _from_json(value: object, hint: Any, where: str) -> object:
         return _from_json(value, inner, where)
     if value is None:
         raise ValueError(f"{where} must not be null")
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be an array, not {value!r}")
+        return tuple(_from_json(v, item, f"{where}[{n}]") for n, v in enumerate(value))
     if isinstance(hint, type):
         if issubclass(hint, Enum):
             try:
@@ -167,3 +177,41 @@ def decode_many(text: str | bytes) -> list[ArchiveRecord]:
     if not isinstance(data, list):
         raise ValueError("an archive entry must hold a JSON array of records")
     return [_record(item) for item in data]
+
+
+_NOTIFICATION: Final = "notification"
+
+
+def entry_id(entry: ArchiveRecord | Notification) -> str:
+    """The id an outbox entry is acknowledged by: a notification's ``id``, a record's key."""
+    return entry.id if isinstance(entry, Notification) else record_key(entry)
+
+
+def encode_entry(entry: ArchiveRecord | Notification) -> str:
+    """An outbox entry: its id, a space, its JSON (so a script can read the id alone)."""
+    if isinstance(entry, Notification):
+        body = typing.cast("dict[str, object]", _to_json(entry))
+        body[_TYPE_KEY] = _NOTIFICATION
+    else:
+        body = _as_dict(entry)
+    return entry_id(entry) + " " + json.dumps(body, separators=(",", ":"))
+
+
+def decode_entry(text: str | bytes) -> ArchiveRecord | Notification:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    head, _, body = text.partition(" ")
+    data = json.loads(body)
+    entry: ArchiveRecord | Notification
+    if isinstance(data, dict) and data.get(_TYPE_KEY) == _NOTIFICATION:
+        data = dict(data)
+        del data[_TYPE_KEY]
+        check_instance_id(data.get("instance_id"))
+        entry = typing.cast(Notification, _build(Notification, data, _NOTIFICATION))
+    else:
+        entry = _record(data)
+    # The head is what an acknowledgement matches: one that is not the entry's own id
+    # would keep the entry (and all behind it) in the outbox for ever.
+    if head != entry_id(entry):
+        raise ValueError(f"an outbox entry's id {head!r:.40} is not its own {entry_id(entry)!r}")
+    return entry

@@ -15,9 +15,17 @@ Why it is shaped so:
 - Every record carries an id minted once (a closure is identified by its instance),
   and every insert dedupes on it, so a batch retried after a crash, or redelivered
   by the Redis stream (``redis_queue``), lands once.
-- DuckDB lets one process write a file at a time. Several worker processes share
-  one archive through ``redis_queue.RedisStreamArchive`` and one ``Archiver``
-  process that owns the file.
+- DuckDB lets one process open a file for writing at a time, and a read-only open
+  from another process is refused while it is held. So by default
+  (``keep_open=False``) the archive holds the file only while it flushes or reads:
+  connect, append, commit, close (closing checkpoints). In between, another process
+  can open it: ``mt5lifecycle history``, a console in another process, an analyst's
+  ``duckdb -readonly``, even a second writer. Whoever finds the file held retries
+  for ``lock_timeout`` seconds, since a flush holds it for tens of milliseconds.
+  ``keep_open=True`` keeps one connection for the object's life: cheaper per flush
+  (``benchmarks/archive.py``), and the file is this process's alone.
+- Several worker processes can also share one archive through
+  ``redis.queue.RedisStreamArchive`` and one ``Archiver`` process that owns the file.
 
 ``AT`` is a reserved word in DuckDB's SQL (``AT TIME ZONE``), so the records' ``at``
 field is stored as ``occurred_at``: an analyst never has to quote a column.
@@ -27,10 +35,11 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +49,7 @@ from ..builtin.clock import SystemClock
 from ..core.ids import check_instance_id
 from ..core.records import (
     ArchiveRecord,
+    AuditRecord,
     ClosureRecord,
     LoginFailureRecord,
     Outcome,
@@ -58,7 +68,13 @@ __all__ = ["SCHEMA_VERSION", "ClosedAccount", "DuckDBArchive"]
 
 log = logging.getLogger("mt5lifecycle.archive")
 
-_RECORD_TYPES: Final = (TransitionRecord, LoginFailureRecord, TradeOutcomeRecord, ClosureRecord)
+_RECORD_TYPES: Final = (
+    TransitionRecord,
+    LoginFailureRecord,
+    TradeOutcomeRecord,
+    ClosureRecord,
+    AuditRecord,
+)
 
 _V1: Final = (
     """
@@ -112,15 +128,38 @@ _V1: Final = (
     )""",
 )
 
+_V2: Final = (
+    """
+    CREATE TABLE audits (
+        record_id    VARCHAR PRIMARY KEY,
+        occurred_at  TIMESTAMPTZ NOT NULL,
+        instance_id  VARCHAR NOT NULL,
+        actor        VARCHAR NOT NULL,
+        action       VARCHAR NOT NULL,
+        source       VARCHAR,
+        dest         VARCHAR,
+        outcome      VARCHAR NOT NULL,
+        detail       VARCHAR NOT NULL,
+        seq          BIGINT NOT NULL
+    )""",
+)
+
 # Each entry upgrades the file by one version, in one transaction; a file is only
 # ever moved forward, and a file newer than this library is left untouched.
-_MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1),)
+_MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2))
 SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
 
 _TRANSITION_COLUMNS: Final = "record_id, occurred_at, instance_id, event, source, dest, reason"
 _FAILURE_COLUMNS: Final = "record_id, occurred_at, instance_id, attempt, reason, code, message"
 _OUTCOME_COLUMNS: Final = (
     "record_id, occurred_at, instance_id, kind, ticket, symbol, volume, outcome, retcode, comment"
+)
+_AUDIT_COLUMNS: Final = (
+    "record_id, occurred_at, instance_id, actor, action, source, dest, outcome, detail"
+)
+_MAX_SEQ: Final = (
+    "SELECT greatest((SELECT max(seq) FROM transitions), (SELECT max(seq) FROM login_failures), "
+    "(SELECT max(seq) FROM trade_outcomes), (SELECT max(seq) FROM audits))"
 )
 _INSTANCE_COLUMNS: Final = (
     "instance_id, status, closed_at, final_status, connection_state, login_attempt_count, "
@@ -171,6 +210,7 @@ class _Rows:
     transitions: list[tuple[object, ...]] = attrs.Factory(list)
     failures: list[tuple[object, ...]] = attrs.Factory(list)
     outcomes: list[tuple[object, ...]] = attrs.Factory(list)
+    audits: list[tuple[object, ...]] = attrs.Factory(list)
     closures: list[tuple[object, ...]] = attrs.Factory(list)
 
     def add(self, record: ArchiveRecord) -> None:
@@ -213,6 +253,20 @@ class _Rows:
                     record.comment,
                 )
             )
+        elif isinstance(record, AuditRecord):
+            self.audits.append(
+                (
+                    record.record_id,
+                    _aware(record.at, "AuditRecord.at"),
+                    record.instance_id,
+                    record.actor,
+                    record.action,
+                    _name(record.source),
+                    _name(record.dest),
+                    record.outcome,
+                    record.detail,
+                )
+            )
         elif isinstance(record, ClosureRecord):
             final = record.final
             self.closures.append(
@@ -242,6 +296,11 @@ def _is_transient(exc: BaseException, duckdb: Any) -> bool:
     return not isinstance(exc, poison)
 
 
+def _held_elsewhere(exc: BaseException, duckdb: Any) -> bool:
+    """Whether opening failed only because another process holds the file now."""
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
 class DuckDBArchive:
     """The ``Archive`` port on one DuckDB file (or ``":memory:"``).
 
@@ -257,6 +316,13 @@ class DuckDBArchive:
     The read helpers (``history`` ...) flush first, and raise ``StoreUnavailable``
     when the file cannot be read, as ``is_confirmed`` does: a closed account must
     never be taken for an open one because the disk is unreadable.
+
+    ``keep_open=False`` (the default) holds the file only while a flush or a read
+    runs, so other processes can read it meanwhile; ``lock_timeout`` is how long
+    an open waits for another process to let go. ``read_only=True`` makes a reader
+    for another process's archive: it never creates, migrates or writes the file
+    (``write`` raises ``TypeError``), and ``audits`` of a file not yet migrated to
+    them is empty. See ``DuckDBArchive.reader``.
     """
 
     def __init__(
@@ -269,6 +335,9 @@ class DuckDBArchive:
         metrics: Metrics | None = None,
         clock: Clock | None = None,
         background: bool = True,
+        keep_open: bool = False,
+        lock_timeout: float = 5.0,
+        read_only: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
@@ -282,10 +351,21 @@ class DuckDBArchive:
             raise ValueError(
                 f"max_buffer must be an int of at least batch_size, not {max_buffer!r}"
             )
+        if not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be a number of seconds >= 0, not {lock_timeout!r}")
         import duckdb  # lazily: mt5lifecycle imports without the driver
 
         self._duckdb: Any = duckdb
         self.path = os.fspath(path)
+        # A database in memory lives as long as its connection: it is never let go.
+        self.keep_open = bool(keep_open) or self.path == ":memory:"
+        self.lock_timeout = float(lock_timeout)
+        self.read_only = bool(read_only)
+        if self.read_only:
+            background = False
+        self._migrated = False
+        self._file_version = SCHEMA_VERSION
+        self._depth = 0
         self.batch_size = batch_size
         self.flush_interval = float(flush_interval)
         self.max_buffer = max_buffer
@@ -317,8 +397,18 @@ class DuckDBArchive:
             )
             self._thread.start()
 
+    @classmethod
+    def reader(cls, path: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> DuckDBArchive:
+        """An archive to read a file that a fleet in another process writes.
+
+        Each read opens the file read-only, waiting up to ``lock_timeout`` seconds
+        while the writer's flush holds it, and lets go at once.
+        """
+        return cls(path, background=False, read_only=True, lock_timeout=lock_timeout)
+
     def __repr__(self) -> str:
-        return f"DuckDBArchive({self.path!r}, pending={self.pending})"
+        mode = ", read_only=True" if self.read_only else ""
+        return f"DuckDBArchive({self.path!r}{mode}, pending={self.pending})"
 
     def __enter__(self) -> DuckDBArchive:
         return self
@@ -337,6 +427,8 @@ class DuckDBArchive:
         for record in records:
             if not isinstance(record, _RECORD_TYPES):
                 raise TypeError(f"not an archive record: {type(record).__name__}")
+        if self.read_only:
+            raise TypeError(f"{self!r} is a reader: it writes nothing")
         if not records:
             return
         if self._closed:
@@ -361,7 +453,7 @@ class DuckDBArchive:
         check_instance_id(instance_id)
         if self._unsaved_closures.get(instance_id):
             return True
-        with self._db_lock:
+        with self._holding():
             con = self._connection()
             try:
                 row = con.execute(
@@ -386,7 +478,8 @@ class DuckDBArchive:
         self.store([record])
 
     def flush(self) -> None:
-        self._flush(automatic=False)
+        if not self.read_only:
+            self._flush(automatic=False)
 
     def close(self) -> None:
         if self._closed:
@@ -418,7 +511,9 @@ class DuckDBArchive:
         and whatever of it was committed already lands once (ids dedupe). A record
         DuckDB refuses for its own sake is dropped, logged and counted.
         """
-        with self._db_lock:
+        if self.read_only:
+            raise TypeError(f"{self!r} is a reader: it writes nothing")
+        with self._holding():
             failure = self._write_batch([(0.0, record) for record in records])
         if failure is not None:
             raise StoreUnavailable(backend="archive", instance_id=None, detail=str(failure[1]))
@@ -488,6 +583,33 @@ class DuckDBArchive:
             for r in rows
         ]
 
+    def audits(self, instance_id: str) -> list[AuditRecord]:
+        """The operator actions on the instance (done and refused), in time order."""
+        check_instance_id(instance_id)
+        with self._holding():
+            self._connection()
+            if self._file_version < 2:  # a reader on a file written before audits
+                return []
+            rows = self._query(
+                f"SELECT {_AUDIT_COLUMNS} FROM audits WHERE instance_id = ? "  # noqa: S608
+                "ORDER BY occurred_at, seq",
+                [instance_id],
+            )
+        return [
+            AuditRecord(
+                record_id=r[0],
+                at=_utc(r[1]),
+                instance_id=r[2],
+                actor=r[3],
+                action=r[4],
+                source=None if r[5] is None else State(r[5]),
+                dest=None if r[6] is None else State(r[6]),
+                outcome=r[7],
+                detail=r[8],
+            )
+            for r in rows
+        ]
+
     def closed_accounts(self) -> list[ClosedAccount]:
         """Every confirmed closure, oldest first."""
         rows = self._query(
@@ -523,8 +645,8 @@ class DuckDBArchive:
     # -- internals -----------------------------------------------------------------------
 
     def _query(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
-        self.flush()
-        with self._db_lock:
+        with self._holding():
+            self.flush()
             con = self._connection()
             try:
                 return con.execute(sql, params).fetchall()
@@ -588,6 +710,7 @@ class DuckDBArchive:
         # records too, and the writer that triggered it must not wait on the disk.
         if not self._db_lock.acquire(blocking=not automatic):
             return
+        self._depth += 1
         try:
             if automatic and self._clock.now() < self._retry_at:
                 return
@@ -615,6 +738,8 @@ class DuckDBArchive:
                 self._count_error()
                 return
         finally:
+            self._depth -= 1
+            self._let_go()
             self._db_lock.release()
 
     def _write_batch(
@@ -680,6 +805,7 @@ class DuckDBArchive:
                 ("transitions", rows.transitions),
                 ("login_failures", rows.failures),
                 ("trade_outcomes", rows.outcomes),
+                ("audits", rows.audits),
             ):
                 if not batch:
                     continue
@@ -717,23 +843,61 @@ class DuckDBArchive:
                 self._disconnect()
             raise
 
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        """One operation on the file; the outermost lets go of it when it ends."""
+        with self._db_lock:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                self._let_go()
+
+    def _let_go(self) -> None:
+        # Called with the db lock held. Closing the last connection checkpoints the
+        # WAL into the file, so a reader that opens it next sees every commit.
+        if self._depth == 0 and not self.keep_open:
+            self._disconnect()
+
+    def _open(self) -> _duckdb.DuckDBPyConnection:
+        """Connect, waiting up to ``lock_timeout`` while another process holds the file."""
+        import tenacity
+
+        duckdb = self._duckdb
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda exc: _held_elsewhere(exc, duckdb)),
+            stop=tenacity.stop_after_delay(self.lock_timeout),
+            # A flush holds the file for tens of milliseconds: ask often, not in step
+            # with another waiter.
+            wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.1),
+            reraise=True,
+        )
+        try:
+            con: _duckdb.DuckDBPyConnection = retrying(
+                duckdb.connect, self.path, read_only=self.read_only
+            )
+        except duckdb.Error as exc:
+            raise StoreUnavailable(backend="archive", instance_id=None, detail=str(exc)) from exc
+        return con
+
     def _connection(self) -> _duckdb.DuckDBPyConnection:
         """The open connection, opening (and migrating) the file when needed."""
         if self._con is not None:
             return self._con
-        duckdb = self._duckdb
-        try:
-            con: _duckdb.DuckDBPyConnection = duckdb.connect(self.path)
-        except duckdb.Error as exc:
-            raise StoreUnavailable(backend="archive", instance_id=None, detail=str(exc)) from exc
+        con = self._open()
         try:
             # Times come back as UTC whatever the host's zone, like the records hold them.
             con.execute("SET TimeZone = 'UTC'")
-            _migrate(con, self.path)
-            row = con.execute(
-                "SELECT greatest((SELECT max(seq) FROM transitions), "
-                "(SELECT max(seq) FROM login_failures), (SELECT max(seq) FROM trade_outcomes))"
-            ).fetchone()
+            if self.read_only:
+                self._file_version = _version(con, self.path)
+                self._con = con
+                return con
+            if not self._migrated:
+                _migrate(con, self.path)
+                self._migrated = True
+            # Read at every open: another process may have written since.
+            row = con.execute(_MAX_SEQ).fetchone()
         except BaseException:
             con.close()
             raise
@@ -764,15 +928,7 @@ def _migrate(con: _duckdb.DuckDBPyConnection, path: str) -> None:
         "CREATE TABLE IF NOT EXISTS schema_version ("
         "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     )
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    current = int(row[0]) if row is not None else 0
-    if current > SCHEMA_VERSION:
-        raise StoreUnavailable(
-            backend="archive",
-            instance_id=None,
-            detail=f"{path} has schema version {current}, newer than this library's "
-            f"{SCHEMA_VERSION}; upgrade mt5lifecycle to write to it",
-        )
+    current = _version(con, path)
     for version, statements in _MIGRATIONS:
         if version <= current:
             continue
@@ -785,3 +941,22 @@ def _migrate(con: _duckdb.DuckDBPyConnection, path: str) -> None:
         except BaseException:
             con.rollback()
             raise
+
+
+def _version(con: _duckdb.DuckDBPyConnection, path: str) -> int:
+    """The file's schema version; a file newer than this library is refused."""
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()
+    if row is None or not row[0]:
+        return 0
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    current = int(row[0]) if row is not None else 0
+    if current > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            backend="archive",
+            instance_id=None,
+            detail=f"{path} has schema version {current}, newer than this library's "
+            f"{SCHEMA_VERSION}; upgrade mt5lifecycle to read or write it",
+        )
+    return current

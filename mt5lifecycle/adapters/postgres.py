@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ..core.credentials import Credentials
+from ..core.credentials import Credentials, fingerprint
 from ..core.ids import check_instance_id
 from ..errors import CredentialsUndecryptable, LifecycleError, StoreUnavailable
 
@@ -61,6 +62,7 @@ _NONCE_BYTES: Final = 12
 _PAD: Final = 64
 _AAD_LABEL: Final = b"mt5lifecycle.credentials.v1\x00"
 _KEY_ID_LABEL: Final = b"mt5lifecycle.key-id\x00"
+_FINGERPRINT_LABEL: Final = b"mt5lifecycle.rejected-credentials.v1"
 _MIGRATE_LOCK_LABEL: Final = b"mt5lifecycle.postgres.migrate\x00"
 _MAX_BIGINT: Final = 2**63 - 1
 # A stale pooled connection (the server restarted, an idle timeout cut it) fails on
@@ -69,7 +71,7 @@ _MAX_BIGINT: Final = 2**63 - 1
 _ATTEMPTS: Final = 3
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # (version, description, statements). ``{schema}`` is the quoted schema name; a
 # literal brace is doubled. Append new versions, never edit a shipped one.
@@ -102,6 +104,22 @@ _MIGRATIONS: Final[tuple[tuple[int, str, tuple[LiteralString, ...]], ...]] = (
             """,
         ),
     ),
+    (
+        2,
+        "known-bad credentials",
+        (
+            """
+            ALTER TABLE {schema}.credentials
+                ADD COLUMN rejected bytea CHECK (octet_length(rejected) = 32),
+                ADD COLUMN rejected_key_id text
+            """,
+            """
+            COMMENT ON COLUMN {schema}.credentials.rejected IS
+                'HMAC-SHA256 fingerprint of credentials that exhausted their login '
+                'attempts (keyed from a host key: useless without it); NULL when none'
+            """,
+        ),
+    ),
 )
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
@@ -123,20 +141,24 @@ class SchemaVersionError(LifecycleError):
 
 
 class _Key:
-    """One host key: its id (a hash, safe to store) and the cipher; no repr of either."""
+    """One host key: its id (a hash, safe to store), the cipher and the fingerprint key
+    derived from it; no repr of any."""
 
-    __slots__ = ("aead", "key_id")
+    __slots__ = ("aead", "fingerprint_key", "key_id")
 
-    def __init__(self, key_id: str, aead: AESGCM) -> None:
+    def __init__(self, key_id: str, aead: AESGCM, fingerprint_key: bytes) -> None:
         self.key_id = key_id
         self.aead = aead
+        self.fingerprint_key = fingerprint_key
 
     def __repr__(self) -> str:
         return f"<key {self.key_id[:4]}…>"
 
 
 def _parse_keys(keys: str | Sequence[str]) -> list[_Key]:
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     given: Sequence[object] = (keys,) if isinstance(keys, str) else keys
     if isinstance(keys, (bytes, bytearray)) or not isinstance(given, Sequence):
@@ -165,7 +187,12 @@ def _parse_keys(keys: str | Sequence[str]) -> list[_Key]:
                 "(create keys with PostgresCredentialStore.generate_key())"
             )
         key_id = hashlib.sha256(_KEY_ID_LABEL + raw).hexdigest()[:16]
-        parsed.append(_Key(key_id, AESGCM(raw)))
+        # A key of its own for fingerprints (HKDF), so no value is both a cipher key and
+        # an HMAC key.
+        derived = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=_FINGERPRINT_LABEL
+        ).derive(raw)
+        parsed.append(_Key(key_id, AESGCM(raw), derived))
     return parsed
 
 
@@ -219,6 +246,8 @@ class PostgresCredentialStore:
         "_q_delete",
         "_q_get",
         "_q_put",
+        "_q_reject",
+        "_q_rejected",
         "_q_rotate_select",
         "_q_rotate_update",
         "_schema",
@@ -295,19 +324,30 @@ class PostgresCredentialStore:
             " VALUES (%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (instance_id) DO UPDATE SET login = EXCLUDED.login,"
             " server = EXCLUDED.server, key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce,"
-            " ciphertext = EXCLUDED.ciphertext, updated_at = now()"
+            " ciphertext = EXCLUDED.ciphertext, updated_at = now(),"
+            # Replacing the credentials clears their mark, unless they are the very ones
+            # that were rejected (the fingerprint under the first key is the 7th value).
+            " rejected = CASE WHEN {t}.rejected = %s THEN {t}.rejected END,"
+            " rejected_key_id = CASE WHEN {t}.rejected = %s THEN {t}.rejected_key_id END"
+        ).format(table, t=table)
+        self._q_reject: sql.Composed = sql.SQL(
+            "UPDATE {} SET rejected = %s, rejected_key_id = %s WHERE instance_id = %s"
+        ).format(table)
+        self._q_rejected: sql.Composed = sql.SQL(
+            "SELECT rejected, rejected_key_id FROM {} WHERE instance_id = %s"
         ).format(table)
         self._q_delete: sql.Composed = sql.SQL("DELETE FROM {} WHERE instance_id = %s").format(
             table
         )
         self._q_rotate_select: sql.Composed = sql.SQL(
-            "SELECT instance_id, login, server, key_id, nonce, ciphertext FROM {}"
-            " WHERE key_id <> %s AND instance_id > %s"
+            "SELECT instance_id, login, server, key_id, nonce, ciphertext, rejected,"
+            " rejected_key_id FROM {}"
+            " WHERE (key_id <> %s OR rejected_key_id <> %s) AND instance_id > %s"
             " ORDER BY instance_id LIMIT %s FOR UPDATE"
         ).format(table)
         self._q_rotate_update: sql.Composed = sql.SQL(
-            "UPDATE {} SET key_id = %s, nonce = %s, ciphertext = %s, updated_at = now()"
-            " WHERE instance_id = %s"
+            "UPDATE {} SET key_id = %s, nonce = %s, ciphertext = %s, rejected = %s,"
+            " rejected_key_id = %s, updated_at = now() WHERE instance_id = %s"
         ).format(table)
 
     # -- keys ---------------------------------------------------------------------
@@ -330,8 +370,9 @@ class PostgresCredentialStore:
             )
         _encode(credentials.server, "server")
         key_id, nonce, sealed = self._seal(instance_id, credentials)
+        mark = fingerprint(credentials, self._keys[0].fingerprint_key)
         params = (instance_id, credentials.login, credentials.server, key_id, nonce, sealed)
-        self._run(instance_id, lambda conn: conn.execute(self._q_put, params))
+        self._run(instance_id, lambda conn: conn.execute(self._q_put, (*params, mark, mark)))
 
     def get(self, instance_id: str) -> Credentials | None:
         """The instance's credentials, ``None`` when none are stored.
@@ -353,6 +394,44 @@ class PostgresCredentialStore:
         check_instance_id(instance_id)
         self._run(instance_id, lambda conn: conn.execute(self._q_delete, (instance_id,)))
 
+    # -- known-bad credentials (ports.Rejections) -----------------------------------
+
+    def reject(self, instance_id: str, credentials: Credentials) -> None:
+        """Remember these credentials as exhausted: a keyed fingerprint, never the password.
+
+        Nothing happens when no credentials are stored for the instance.
+        """
+        check_instance_id(instance_id)
+        key = self._keys[0]
+        mark = fingerprint(credentials, key.fingerprint_key)
+        self._run(
+            instance_id,
+            lambda conn: conn.execute(self._q_reject, (mark, key.key_id, instance_id)),
+        )
+
+    def rejected(self, instance_id: str, credentials: Credentials) -> bool:
+        """Whether these are the credentials remembered as exhausted."""
+        check_instance_id(instance_id)
+        row = self._run(
+            instance_id, lambda conn: conn.execute(self._q_rejected, (instance_id,)).fetchone()
+        )
+        if row is None or row[0] is None:
+            return False
+        mark, key_id = bytes(row[0]), row[1]
+        tagged = self._keys_by_id.get(key_id)
+        # The key the mark names first; the others too, as decryption does.
+        candidates = [tagged] if tagged is not None else []
+        candidates += [k for k in self._keys if k is not tagged]
+        return any(
+            hmac.compare_digest(mark, fingerprint(credentials, key.fingerprint_key))
+            for key in candidates
+        )
+
+    def forgive(self, instance_id: str) -> None:
+        """Forget the mark (the credentials logged in after all)."""
+        check_instance_id(instance_id)
+        self._run(instance_id, lambda conn: conn.execute(self._q_reject, (None, None, instance_id)))
+
     # -- operations ---------------------------------------------------------------
 
     def rotate(self, *, batch_size: int = 500) -> int:
@@ -373,14 +452,28 @@ class PostgresCredentialStore:
         def one_batch(conn: Connection[Any]) -> list[tuple[Any, ...]]:
             with conn.transaction():
                 rows = conn.execute(
-                    self._q_rotate_select, (current.key_id, after, batch_size)
+                    self._q_rotate_select, (current.key_id, current.key_id, after, batch_size)
                 ).fetchall()
                 updates = []
-                for instance_id, login, server, key_id, nonce, sealed in rows:
+                for instance_id, login, server, key_id, nonce, sealed, mark, _ in rows:
                     password = self._open(instance_id, login, server, key_id, nonce, sealed)
                     creds = Credentials(login=login, server=server, password=password)
                     new_id, new_nonce, new_sealed = self._seal(instance_id, creds)
-                    updates.append((new_id, new_nonce, new_sealed, instance_id))
+                    # A mark keyed from a key about to be retired is keyed again from
+                    # the first one, so the credentials stay known as bad without it.
+                    new_mark = None
+                    if mark is not None and self.rejected(instance_id, creds):
+                        new_mark = fingerprint(creds, current.fingerprint_key)
+                    updates.append(
+                        (
+                            new_id,
+                            new_nonce,
+                            new_sealed,
+                            new_mark,
+                            None if new_mark is None else current.key_id,
+                            instance_id,
+                        )
+                    )
                 if updates:
                     with conn.cursor() as cur:
                         cur.executemany(self._q_rotate_update, updates)

@@ -9,10 +9,12 @@ thousand want different things from Prometheus:
   their number is fixed by the vocabulary, never by the size of the fleet.
 * Per-instance series (``per_instance=True``, the default) add one ``instance_id``
   label: the instance's state and reason, its consecutive login failures and its
-  restart count. That is three series per live instance, and an instance that is
-  gone (its closure confirmed) takes its series with it, so deleted accounts leave
-  nothing behind in the scrape. With ``per_instance=False`` none of them exists and
-  this object keeps no per-instance memory either.
+  restart count, and, where a ``Fleet`` reports its health, its uptime over three
+  windows and the age of its last connection check. That is three to seven series
+  per live instance, and an instance that is gone (its closure confirmed) takes its
+  series with it, so deleted accounts leave nothing behind in the scrape. With
+  ``per_instance=False`` none of them exists and this object keeps no per-instance
+  memory either.
 
 The label is ``instance_id`` rather than ``instance`` because ``instance`` is the
 label Prometheus itself gives every scrape target.
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..core.health import Health
 from ..core.ids import check_instance_id
 from ..core.records import LOGIN_REASONS, Notification
 from ..core.states import AlertKind, Reason, State
@@ -40,9 +43,13 @@ from ..core.states import AlertKind, Reason, State
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+    from ..core.health import FleetHealth
 
 __all__ = ["GONE", "NEW", "SUCCESS", "PrometheusMetrics"]
+
+_WINDOWS = ("5m", "1h", "1d")
 
 NEW = "NEW"
 """The ``from`` label of an instance's first transition (``source`` is ``None``)."""
@@ -71,17 +78,26 @@ class PrometheusMetrics:
         "_credential_deletions",
         "_errors",
         "_exporter_info",
+        "_fleet_connected",
+        "_fleet_healthy",
+        "_fleet_uptime",
+        "_instance_check_age",
         "_instance_restarts",
         "_instance_state",
+        "_instance_uptime",
         "_instances",
+        "_lag",
         "_lock",
         "_login_attempts",
         "_login_exhaustions",
         "_recovery_exhaustions",
         "_registry",
         "_restarts",
+        "_servers_down",
+        "_set_aside",
         "_state_of",
         "_transitions",
+        "_uptime_of",
         "per_instance",
     )
 
@@ -143,6 +159,31 @@ class PrometheusMetrics:
             "Backend faults the runtime absorbed (archive, state store, ...), by component.",
             ("component",),
         )
+        self._set_aside = counter(
+            p + "notifications_set_aside",
+            "Notifications the relay set aside after they kept failing, by AlertKind.",
+            ("kind",),
+        )
+        lag: Histogram = pc.Histogram(
+            p + "schedule_lag_seconds",
+            "How late due steps ran after their due time (does the runtime keep up?).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=None,
+        )
+        collectors.append(lag)
+        self._lag = lag
+        self._servers_down = gauge(
+            p + "broker_server_down",
+            "1 while this process takes the broker server as down (SPEC 15), else 0.",
+            ("server",),
+        )
+        self._fleet_healthy = gauge(p + "instances_healthy", "Instances that are healthy.")
+        self._fleet_connected = gauge(p + "instances_connected", "Instances CONNECTED.")
+        self._fleet_uptime = gauge(
+            p + "uptime_ratio",
+            "Mean fraction of the window the fleet's instances were connected.",
+            ("window",),
+        )
         info: Info = pc.Info(
             p + "exporter", "How this process exports mt5lifecycle series.", registry=None
         )
@@ -151,7 +192,20 @@ class PrometheusMetrics:
         self._instance_state: Gauge | None = None
         self._consecutive_failures: Gauge | None = None
         self._instance_restarts: Gauge | None = None
+        self._instance_uptime: Gauge | None = None
+        self._instance_check_age: Gauge | None = None
+        self._uptime_of: set[str] = set()
         if per_instance:
+            self._instance_uptime = gauge(
+                p + "instance_uptime_ratio",
+                "Fraction of the window the instance was connected.",
+                ("instance_id", "window"),
+            )
+            self._instance_check_age = gauge(
+                p + "instance_last_check_age_seconds",
+                "Seconds since the instance's terminal was last asked whether it is connected.",
+                ("instance_id",),
+            )
             self._instance_state = gauge(
                 p + "instance_state",
                 "1 for each instance, labelled with its state and last failure reason.",
@@ -174,6 +228,9 @@ class PrometheusMetrics:
             self._instances.labels(state=state.value)
         for kind in AlertKind:
             self._alerts.labels(kind=kind.value)
+            self._set_aside.labels(kind=kind.value)
+        for window in _WINDOWS:
+            self._fleet_uptime.labels(window=window)
         self._login_attempts.labels(result=SUCCESS)
         for reason in sorted(LOGIN_REASONS):
             self._login_attempts.labels(result=reason.value)
@@ -283,6 +340,46 @@ class PrometheusMetrics:
             check_instance_id(instance_id)
         self._errors.labels(component=component).inc()
 
+    # -- optional capabilities (ports.DeliveryMetrics, ScheduleMetrics, ...) -----------
+
+    def set_aside(self, notification: Notification) -> None:
+        self._set_aside.labels(kind=notification.kind.value).inc()
+
+    def lag(self, seconds: float) -> None:
+        self._lag.observe(max(0.0, seconds))
+
+    def server(self, server: str, down: bool) -> None:
+        """Whether this process takes ``server`` as down (a bounded label: the servers)."""
+        self._servers_down.labels(server=server).set(1 if down else 0)
+
+    def health(self, report: FleetHealth) -> None:
+        """The fleet's health (``Fleet.health()``), exported for dashboards and rules."""
+        self._fleet_healthy.set(report.healthy)
+        self._fleet_connected.set(report.connected)
+        for window, value in zip(
+            _WINDOWS, (report.uptime_5m, report.uptime_1h, report.uptime_1d), strict=True
+        ):
+            self._fleet_uptime.labels(window=window).set(value)
+
+    def instance_health(self, reports: Iterable[Health]) -> None:
+        """Per-instance uptime and check age (``per_instance`` only)."""
+        if self._instance_uptime is None or self._instance_check_age is None:
+            return
+        seen: set[str] = set()
+        with self._lock:
+            for report in reports:
+                instance_id = report.instance_id
+                seen.add(instance_id)
+                for window, value in zip(
+                    _WINDOWS, (report.uptime_5m, report.uptime_1h, report.uptime_1d), strict=True
+                ):
+                    self._instance_uptime.labels(instance_id, window).set(value)
+                if report.last_check_age is not None:
+                    self._instance_check_age.labels(instance_id).set(report.last_check_age)
+            for gone in self._uptime_of - seen:
+                self._drop_health(gone)
+            self._uptime_of = seen
+
     # -- per-instance series ---------------------------------------------------------
 
     def _set_state(self, instance_id: str, state: State, reason: Reason | None) -> None:
@@ -307,6 +404,19 @@ class PrometheusMetrics:
             # remove() raises KeyError for a child that was never created.
             with contextlib.suppress(KeyError):
                 gauge.remove(instance_id)
+        # Its health series too, now rather than at the fleet's next health report
+        # (up to a connection_check_interval later), which no longer lists it.
+        self._drop_health(instance_id)
+        self._uptime_of.discard(instance_id)
+
+    def _drop_health(self, instance_id: str) -> None:
+        assert self._instance_uptime is not None
+        assert self._instance_check_age is not None
+        for window in _WINDOWS:
+            with contextlib.suppress(KeyError):
+                self._instance_uptime.remove(instance_id, window)
+        with contextlib.suppress(KeyError):
+            self._instance_check_age.remove(instance_id)
 
     # -- exposure --------------------------------------------------------------------
 

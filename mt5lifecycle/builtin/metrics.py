@@ -29,3 +29,6 @@ class NullMetrics:
 
     def error(self, component: str, instance_id: str | None) -> None:
         pass
+
+    def set_aside(self, notification: Notification) -> None:
+        pass

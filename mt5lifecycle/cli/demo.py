@@ -17,7 +17,7 @@ demo shows is what a real archive and notifier receive.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 import attrs
@@ -79,13 +79,22 @@ class Flow:
 class Scene:
     """What a step acts on: the fleet, the simulated broker, and its instance."""
 
-    fleet: Fleet
+    lifecycles: Mapping[str, Lifecycle]
+    """Every flow's Lifecycle (a confirmed closure leaves the fleet, not this map)."""
     broker: FakeBroker
     instance_id: str
 
     @property
     def lifecycle(self) -> Lifecycle:
-        return self.fleet[self.instance_id]
+        return self.lifecycles[self.instance_id]
+
+    def replace_password_and_reset(self) -> None:
+        lifecycle = self.lifecycle
+        credentials = lifecycle.backends.credentials
+        stored = credentials.get(self.instance_id)
+        assert stored is not None
+        credentials.put(self.instance_id, attrs.evolve(stored, password=stored.password + "-new"))
+        lifecycle.reset(by="operator")
 
 
 @attrs.frozen
@@ -118,8 +127,8 @@ def _open_trades(broker: FakeBroker, instance_id: str) -> None:
 FLOWS: tuple[Flow, ...] = (
     Flow("auth-recovers", "3 wrong passwords, then a good login", State.CONNECTED, None,
          _wrong_password(3)),
-    Flow("auth-exhausted", "5 wrong passwords, then an operator reset", State.CONNECTED, None,
-         _wrong_password(5)),
+    Flow("auth-exhausted", "5 wrong passwords, then the right one and a reset", State.CONNECTED,
+         None, _wrong_password(5)),
     Flow("network-drop", "network lost mid-session, logs in again", State.CONNECTED, None),
     Flow("terminal-crash", "terminal crashes, restarted", State.CONNECTED, None),
     Flow("terminal-dead", "terminal never comes back", State.FAILED,
@@ -147,8 +156,10 @@ SCRIPT: tuple[Step, ...] = (
          lambda s: s.broker.close_account(s.instance_id)),
     Step(80, "banned", "the broker bans the account",
          lambda s: s.broker.ban_account(s.instance_id)),
-    Step(150, "auth-exhausted", "operator: mt5lifecycle reset auth-exhausted",
-         lambda s: s.lifecycle.reset()),
+    # Credentials that exhausted their attempts are never tried again unchanged: the
+    # operator stores the right password first (mt5lifecycle credentials put), then resets.
+    Step(150, "auth-exhausted", "operator: credentials put auth-exhausted, then reset it",
+         lambda s: s.replace_password_and_reset()),
     Step(200, "account-closed", "operator: mt5lifecycle confirm-closure account-closed",
          lambda s: s.lifecycle.confirm_closure()),
 )  # fmt: skip
@@ -361,20 +372,19 @@ def run_demo(
             credentials.put(flow.instance_id, demo_credentials(index))
         if flow.prepare is not None:
             flow.prepare(broker, flow.instance_id)
-    for flow in FLOWS:
-        fleet.add(flow.instance_id)
+    lifecycles = {lc.instance_id: lc for lc in fleet.add_many(f.instance_id for f in FLOWS)}
     for step in sorted(SCRIPT, key=lambda s: s.at):
         fleet.run(until=t0 + step.at)
         printer.now(step.instance_id, printer.paint(f"*  {step.what}", "36"))
         try:
-            step.act(Scene(fleet, broker, step.instance_id))
+            step.act(Scene(lifecycles, broker, step.instance_id))
         except LifecycleError as exc:
             printer.now(step.instance_id, f"   refused: {exc}")
     fleet.run(until=t0 + span)
 
     rows = []
     for flow in FLOWS:
-        snapshot = fleet[flow.instance_id].snapshot()
+        snapshot = lifecycles[flow.instance_id].snapshot()
         current = snapshot.status if snapshot is not None else None
         reason = (
             snapshot.last_failure_reason

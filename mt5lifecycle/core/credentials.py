@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import attrs
 
-__all__ = ["Credentials"]
+__all__ = ["Credentials", "fingerprint"]
 
 
 def _login(value: Any) -> int:
@@ -63,3 +65,16 @@ class Credentials:
 
     def __str__(self) -> str:
         return repr(self)
+
+
+def fingerprint(credentials: Credentials, key: bytes) -> bytes:
+    """A keyed fingerprint of the credentials: equal for equal credentials, and useless
+    to anyone without ``key`` (HMAC-SHA256, so the password cannot be tried offline).
+
+    The server name is compared as the terminal does, whatever its case or spacing, so
+    retyping it is not a change of credentials.
+    """
+    message = "\x00".join(
+        (str(credentials.login), credentials.server.strip().casefold(), credentials.password)
+    ).encode()
+    return hmac.new(key, message, hashlib.sha256).digest()

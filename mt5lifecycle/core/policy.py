@@ -65,6 +65,30 @@ def _transient_retry_delay(value: Any) -> float:
     return _to_seconds(value, "transient_retry_delay")
 
 
+def _start_spread(value: Any) -> float:
+    return _to_seconds(value, "start_spread")
+
+
+def _admission_retry_delay(value: Any) -> float:
+    return _to_seconds(value, "admission_retry_delay")
+
+
+def _server_outage_window(value: Any) -> float:
+    return _to_seconds(value, "server_outage_window")
+
+
+def _server_probe_interval(value: Any) -> float:
+    return _to_seconds(value, "server_probe_interval")
+
+
+def _delivery_backoff(value: Any) -> float:
+    return _to_seconds(value, "delivery_backoff")
+
+
+def _delivery_backoff_max(value: Any) -> float:
+    return _to_seconds(value, "delivery_backoff_max")
+
+
 def _fail(field: attrs.Attribute[Any], problem: str) -> None:
     raise ValueError(f"Policy.{field.name} {problem}")
 
@@ -77,6 +101,15 @@ def _count(minimum: int) -> Any:
             _fail(field, f"must be at least {minimum}, not {value}")
 
     return check
+
+
+def _optional_count(_: object, field: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, f"must be an integer or None (no bound), not {value!r}")
+    if value < 1:
+        _fail(field, f"must be at least 1 (or None for no bound), not {value}")
 
 
 def _delay(_: object, field: attrs.Attribute[Any], value: float) -> None:
@@ -139,6 +172,44 @@ class Policy:
         default=10.0, converter=_transient_retry_delay, validator=_positive_delay
     )
     """The wait after a backend outage (``StoreUnavailable``) before trying again."""
+    # Protecting accounts across a fleet (SPEC section 15):
+    start_spread: float = attrs.field(default=0.0, converter=_start_spread, validator=_delay)
+    """Seconds over which a new instance's first login is spread (uniformly at random),
+    so a host that starts thousands of instances does not log them all in at once. 0
+    keeps the documented timelines exact."""
+    max_concurrent_logins: int | None = attrs.field(default=None, validator=_optional_count)
+    """Logins in flight at once in one process; ``None``: no bound."""
+    max_concurrent_logins_per_server: int | None = attrs.field(
+        default=None, validator=_optional_count
+    )
+    """Logins in flight at once to one broker server, across every process sharing the
+    state store; ``None``: no bound."""
+    admission_retry_delay: float = attrs.field(
+        default=1.0, converter=_admission_retry_delay, validator=_positive_delay
+    )
+    """How long a login that found no free slot waits before asking again. A waiting
+    login is neither a failure nor an attempt."""
+    server_outage_threshold: int = attrs.field(default=5, validator=_count(1))
+    """Accounts of one broker server whose logins (or connections) fail with ``NETWORK``
+    or ``TERMINAL`` within ``server_outage_window`` for the server to be taken as down."""
+    server_outage_window: float = attrs.field(
+        default=60.0, converter=_server_outage_window, validator=_positive_delay
+    )
+    server_probe_interval: float = attrs.field(
+        default=30.0, converter=_server_probe_interval, validator=_positive_delay
+    )
+    """While a server is down, how often its waiting instances look again; one login per
+    interval probes whether it is back."""
+    # Delivering notifications and archive records (SPEC section 14):
+    max_delivery_attempts: int = attrs.field(default=8, validator=_count(1))
+    """Tries of one notification before it is set aside (re-deliverable by an operator)."""
+    delivery_backoff: float = attrs.field(
+        default=1.0, converter=_delivery_backoff, validator=_positive_delay
+    )
+    """The first wait after a failed delivery; it doubles (with jitter) after each."""
+    delivery_backoff_max: float = attrs.field(
+        default=300.0, converter=_delivery_backoff_max, validator=_positive_delay
+    )
 
     def login_delay(self, failures: int, rand: float = 0.5) -> float:
         """The wait after the ``failures``-th authentication failure in a row.

@@ -1,4 +1,4 @@
-"""The values that leave the core: notifications, archive records, trade outcomes.
+"""The values that leave the core: notifications and archive records.
 
 They are plain frozen values so that every adapter (a log line, a Redis stream
 entry, a DuckDB row, a Prometheus sample) is a projection of the same fact. None of
@@ -14,6 +14,7 @@ from enum import Enum
 
 import attrs
 
+from .answers import LOGIN_REASONS, Account, LoginResult, Order, Position, TradeResult
 from .snapshot import Snapshot
 from .states import AlertKind, Reason, State
 
@@ -33,6 +34,7 @@ __all__ = [
     "TradeResult",
     "TransitionRecord",
     "new_record_id",
+    "record_key",
 ]
 
 
@@ -175,88 +177,12 @@ ArchiveRecord = (
 )
 
 
-@attrs.frozen(kw_only=True)
-class Position:
-    """An open position as the broker reports it."""
+def record_key(record: ArchiveRecord) -> str:
+    """The identity an archive dedupes on.
 
-    ticket: int
-    symbol: str
-    volume: float
-
-
-@attrs.frozen(kw_only=True)
-class Order:
-    """A pending order as the broker reports it."""
-
-    ticket: int
-    symbol: str
-    volume: float = 0.0
-
-
-@attrs.frozen(kw_only=True)
-class TradeResult:
-    """The broker's answer to one close or cancel request."""
-
-    retcode: int | None
-    """A ``TRADE_RETCODE_*`` value; ``None`` when no answer came back."""
-    remaining: float = 0.0
-    """Volume still open after this call (a partial fill leaves some)."""
-    comment: str = ""
-
-
-@attrs.frozen
-class Account:
-    """Which account a terminal is logged in to: its login on its broker server.
-
-    Not a secret: it is what the terminal shows in its title bar. The password is never
-    part of it.
+    A closure has no ``record_id``: there is at most one per instance, so its
+    instance id is its identity.
     """
-
-    login: int
-    server: str
-
-    def matches(self, other: Account) -> bool:
-        """Same login on the same server; server names are compared case-insensitively,
-        as the terminal's server list does."""
-        return self.login == other.login and (
-            self.server.strip().casefold() == other.server.strip().casefold()
-        )
-
-
-@attrs.frozen(kw_only=True)
-class LoginResult:
-    """The broker's answer to one login call, already classified."""
-
-    ok: bool
-    reason: Reason | None = None
-    """Why it failed: ``AUTH_FAILED``, ``NETWORK``, ``TERMINAL``, ``ACCOUNT_CLOSED`` or
-    ``ACCOUNT_BANNED``; ``None`` on success."""
-    code: int | None = None
-    """The terminal's own error code (``last_error()[0]`` for MetaTrader 5)."""
-    message: str = ""
-    """The terminal's own words; never holds the password."""
-    account: Account | None = None
-    """On success, the account the terminal says it is logged in to (``account_info()``),
-    when the broker can tell; the lifecycle checks it against the credentials."""
-
-    @classmethod
-    def success(cls, account: Account | None = None) -> LoginResult:
-        return cls(ok=True, account=account)
-
-    @classmethod
-    def failure(cls, reason: Reason, code: int | None = None, message: str = "") -> LoginResult:
-        if reason not in LOGIN_REASONS:
-            raise ValueError(f"a login cannot fail with reason {reason}")
-        return cls(ok=False, reason=reason, code=code, message=message)
-
-
-LOGIN_REASONS = frozenset(
-    {
-        Reason.AUTH_FAILED,
-        Reason.NETWORK,
-        Reason.TERMINAL,
-        Reason.ACCOUNT_CLOSED,
-        Reason.ACCOUNT_BANNED,
-    }
-)
-"""The reasons a broker may give for a failed login (``login_failure_reason``)."""
+    if isinstance(record, ClosureRecord):
+        return "closure:" + record.instance_id
+    return record.record_id

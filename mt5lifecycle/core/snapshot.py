@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .answers import Account, Ticket
 from .states import ConnectionState, Due, Reason, State
 
 __all__ = ["Snapshot", "replace", "utc"]
@@ -52,6 +53,15 @@ class Snapshot:
     """Any failure since the last success: the next ``CONNECTED`` fires ``LOGIN_RECOVERED``."""
     terminal_stopped: bool = False
     """The library stopped the terminal; ``reset`` starts it again before logging in."""
+    account: Account | None = None
+    """The account the last successful login was for: a terminal found logged in to
+    another one (at a check) is cross-wired (SPEC section 12)."""
+    tickets: tuple[Ticket, ...] | None = None
+    """A closed account's closing plan: the positions and orders still to settle, the
+    first in progress; ``None`` until they are listed (SPEC section 12)."""
+    forced_try: bool = False
+    """An operator's ``reset(force=True)`` allows one more login with credentials that
+    exhausted their attempts (SPEC section 15)."""
 
 
 _FIELDS = tuple(field.name for field in attrs.fields(Snapshot))

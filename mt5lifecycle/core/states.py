@@ -82,14 +82,21 @@ class Due(str, Enum):
 
     LOGIN = "LOGIN"
     """Log in (a first login, a retry after backoff, a login after a restart)."""
+    CHECK = "CHECK"
+    """Ask a ``CONNECTED`` terminal whether it is still connected, and to whom."""
     RECONNECT_CHECK = "RECONNECT_CHECK"
     """After a network loss: take the terminal's own reconnection, else log in."""
     RESTART = "RESTART"
     """Restart the terminal from a recoverable ``FAILED``."""
     CLOSE_TRADES = "CLOSE_TRADES"
-    """Close positions and cancel orders of a closed account (SPEC section 8)."""
+    """List a closed account's positions and orders: the closing plan (SPEC section 8)."""
+    SETTLE_TRADE = "SETTLE_TRADE"
+    """Close or cancel the first ticket of the plan, or read from the terminal's history
+    how it ended when it is already gone (a worker died after sending it)."""
     CLEANUP = "CLEANUP"
-    """Finish a confirmed closure: credentials, archive, state keys."""
+    """Finish a confirmed closure: delete the credentials, archive the final state."""
+    PURGE = "PURGE"
+    """Delete the live state once the closure's last notifications are handed over."""
 
     def __str__(self) -> str:
         return self.value

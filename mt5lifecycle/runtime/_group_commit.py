@@ -7,44 +7,38 @@ while one is on the wire and sends them together through the store's
 waits for a timer: the first to arrive goes at once, and whoever arrives during its
 round trip goes in the next one.
 
-Each item is still checked and written on its own (its version, its lock), so a
-stale item is refused without touching the others.
+It changes how writes travel, never what is written: each item is still checked and
+written on its own (its version, its lock, its outbox), so a stale item is refused
+without touching the others, and everything else is the inner store's.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any
 
 from ..core.snapshot import Snapshot
-from ..ports import LockToken, StateStore, Stored
+from ..ports import BatchingStateStore, Commit, Entry, LockToken
 
-__all__ = ["BatchingStateStore", "GroupCommitStore"]
-
-PendingCommit = tuple[str, Snapshot, int, "LockToken | None"]
-
-
-@runtime_checkable
-class BatchingStateStore(StateStore, Protocol):
-    """A state store that can send many instances' commits in one round trip."""
-
-    def commit_many(self, items: Iterable[PendingCommit]) -> list[int | Exception]:
-        """Each item's new version or the exception ``commit`` would have raised."""
-        ...
+__all__ = ["GroupCommitStore"]
 
 
 class _Pending:
     __slots__ = ("done", "item", "outcome")
 
-    def __init__(self, item: PendingCommit) -> None:
+    def __init__(self, item: Commit) -> None:
         self.item = item
         self.done = False
         self.outcome: int | BaseException = 0
 
 
 class GroupCommitStore:
-    """A ``StateStore`` whose concurrent commits share ``commit_many`` round trips."""
+    """A state store whose concurrent commits share ``commit_many`` round trips.
+
+    Every other method, and every optional capability (an outbox, login slots, ...),
+    is the inner store's, so a check for a capability sees the inner store's answer.
+    """
 
     def __init__(self, inner: BatchingStateStore, *, max_batch: int = 1000) -> None:
         if max_batch < 1:
@@ -61,12 +55,13 @@ class GroupCommitStore:
     def commit(
         self,
         instance_id: str,
-        snapshot: Snapshot,
+        snapshot: Snapshot | None,
         *,
         expected_version: int,
         lock: LockToken | None = None,
+        outbox: Sequence[Entry] = (),
     ) -> int:
-        mine = _Pending((instance_id, snapshot, expected_version, lock))
+        mine = _Pending(Commit(instance_id, snapshot, expected_version, lock, outbox))
         cond = self._cond
         with cond:
             self._queue.append(mine)
@@ -106,25 +101,9 @@ class GroupCommitStore:
                 self._leading = False
                 cond.notify_all()
 
-    # The rest is the inner store's.
-
-    def load(self, instance_id: str) -> Stored | None:
-        return self.inner.load(instance_id)
-
-    def load_many(self, instance_ids: Iterable[str]) -> dict[str, Stored]:
-        return self.inner.load_many(instance_ids)
-
-    def ids(self) -> Iterator[str]:
-        return self.inner.ids()
-
-    def delete(self, instance_id: str) -> None:
-        self.inner.delete(instance_id)
-
-    def acquire_lock(self, instance_id: str, ttl: float) -> LockToken | None:
-        return self.inner.acquire_lock(instance_id, ttl)
-
-    def release_lock(self, lock: LockToken) -> None:
-        self.inner.release_lock(lock)
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for what this class does not define: the inner store's methods.
+        return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return f"GroupCommitStore({self.inner!r})"

@@ -5,13 +5,16 @@ instances that are due (O(due x log n)) and an idle instance costs no CPU. Entri
 are invalidated lazily: when an instance's due time changes a new entry is pushed,
 and a popped entry that no longer matches is skipped.
 
-The instances due together run on a bounded pool of worker threads, in chunks, so
-one slow terminal holds up only its own chunk. When the state store can batch
-(``commit_many``), their connection checks, reconnect checks and logins go through
-``batch.run_together``: a slice's locks, terminals and writes together, one round
-trip for many transitions; the other due steps run one by one, their writes
-sharing round trips through ``GroupCommitStore``. An instance is only ever driven by
-one thread at a time: ``send`` waits for a worker that is driving it.
+The instances due together run on a bounded pool of worker threads, in chunks, so one
+slow terminal holds up only its own chunk. Each runs its due step exactly as a lone
+``Lifecycle`` does (``Lifecycle.run_due``): there is one implementation of every step,
+and the fleet only decides who runs when. Their writes share round trips through
+``GroupCommitStore``, which groups concurrent commits without changing any of them.
+An instance is only ever driven by one thread at a time: ``send`` waits for a worker
+that is driving it.
+
+The fleet uses the ``Lifecycle`` driver API and nothing else of it (see
+``runtime/lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -24,21 +27,29 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
 
 import attrs
 
 from ..builtin.clock import SystemClock
+from ..core.health import FleetHealth, Health
 from ..core.ids import check_instance_id
 from ..core.policy import Policy
 from ..core.snapshot import Snapshot
-from ..core.states import Due, State
-from ..errors import InvalidTransition, StoreUnavailable, Unrecoverable
-from ..ports import Leases, Stored, VersionReader
-from ._batch import SLICE, Step, run_together, start_together
-from ._group_commit import BatchingStateStore, GroupCommitStore
+from ..core.states import State
+from ..errors import InvalidTransition, LeaseHeld, StoreUnavailable, Unrecoverable
+from ..ports import (
+    BatchingStateStore,
+    HealthMetrics,
+    Leases,
+    StateStore,
+    Stored,
+    VersionReader,
+)
+from ._context import Context
+from ._group_commit import GroupCommitStore
 from .backends import Backends
 from .lifecycle import Lifecycle
 
@@ -51,6 +62,10 @@ T = TypeVar("T")
 _CHUNKS_PER_WORKER = 4
 """Due instances are split into this many chunks per worker: few enough to keep the
 pool's overhead small, many enough that a slow terminal holds up few others."""
+
+_WAIT_SLICE = 0.5
+"""The longest a blocking wait lasts in one go, so that Ctrl-C is answered within a
+second on Windows too (``Event.wait`` ignores it there before Python 3.14)."""
 
 
 class Fleet:
@@ -83,25 +98,20 @@ class Fleet:
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty string, not {owner!r}")
         state = backends.state
-        if isinstance(state, GroupCommitStore):
-            state = state.inner
-        # The steps of instances due together are written with one commit_many
-        # (batch.py); the rest, run one by one on the pool, share round trips
-        # through the group commit.
-        self._batching: BatchingStateStore | None = (
-            state if isinstance(state, BatchingStateStore) else None
-        )
-        # The periodic read-back asks versions first when the store can (_resync).
-        self._versions: VersionReader | None = state if isinstance(state, VersionReader) else None
         if (
             workers > 1
             and isinstance(state, BatchingStateStore)
-            and not isinstance(backends.state, GroupCommitStore)
+            and not isinstance(state, GroupCommitStore)
         ):
-            backends = attrs.evolve(backends, state=GroupCommitStore(state))
+            # Concurrent commits of the pool's threads share round trips.
+            backends = attrs.evolve(backends, state=cast(StateStore, GroupCommitStore(state)))
         self.backends = backends
         self.policy = policy if policy is not None else Policy()
+        self._ctx = Context(backends, self.policy)
         self.workers = workers
+        # The periodic read-back asks versions first when the store can (_resync).
+        inner = state.inner if isinstance(state, GroupCommitStore) else state
+        self._versions: VersionReader | None = inner if isinstance(inner, VersionReader) else None
         self._pool: ThreadPoolExecutor | None = None
         self._members: dict[str, Lifecycle] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -110,6 +120,8 @@ class Fleet:
         # Guards the heap and the busy set: workers reschedule from their threads.
         self._lock = threading.Condition(threading.RLock())
         self._busy: set[str] = set()
+        self._waiting = 0
+        """Threads waiting in ``send``: only then does handing an instance back wake them."""
         self._stop = threading.Event()
         self._kick: asyncio.Event | None = None
         self._driving = 0
@@ -124,6 +136,7 @@ class Fleet:
         self.lease_ttl = float(lease_ttl)
         self._renew_at: float | None = None
         self._resync_at: float | None = None
+        self._health_due = False
 
     # --- membership ------------------------------------------------------------
 
@@ -135,10 +148,12 @@ class Fleet:
         """``add`` for many instances, their stored states read in batches.
 
         Restoring a fleet after a restart: one ``load_many`` per thousand instances
-        instead of a round trip each. An invalid id, one already in the fleet or one
+        instead of a round trip each, and the starts run on the pool, so that their
+        writes share round trips. An invalid id, one already in the fleet or one
         another worker holds raises before any instance is added; an id that then
-        cannot start (a confirmed closure) raises with the ids before it added and
-        the leases of the rest handed back.
+        cannot start (a confirmed closure) raises with the ids before it added and the
+        leases of the rest handed back (one after it may have had its ``start``
+        written: whoever adds it next resumes it).
         """
         ids = list(dict.fromkeys(check_instance_id(i) for i in instance_ids))
         present = [i for i in ids if i in self._members]
@@ -146,7 +161,7 @@ class Fleet:
             raise InvalidTransition(
                 instance_id=present[0],
                 event="add",
-                state=self._members[present[0]]._state_name(),
+                state=self._members[present[0]].state,
                 detail="the instance is already in this fleet",
             )
         leases = self.leases
@@ -155,20 +170,17 @@ class Fleet:
             taken = [i for i in ids if i not in held]
             if taken:
                 leases.release(list(held), self.owner)
-                raise InvalidTransition(
-                    instance_id=taken[0],
-                    event="add",
-                    state=None,
-                    detail="another worker holds its lease and drives it",
-                )
+                raise LeaseHeld(instance_id=taken[0], owner=None)
         added: list[Lifecycle] = []
         try:
             stored = self.backends.state.load_many(ids)
-            if self._batching is None:
-                for instance_id in ids:
-                    added.append(self._join(instance_id, stored.get(instance_id)))
-            else:
-                self._join_many(ids, stored, added, self._batching)
+            started = self._start_all(ids, stored)
+            for instance_id in ids:
+                outcome = started[instance_id]
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self._enlist(outcome)
+                added.append(outcome)
         except BaseException:
             if leases is not None:
                 joined = {lifecycle.instance_id for lifecycle in added}
@@ -177,7 +189,33 @@ class Fleet:
         finally:
             if added and self._kick is not None:
                 self._kick.set()
+            self._ctx.relay.deliver()
         return added
+
+    def _start_all(
+        self, ids: Sequence[str], stored: dict[str, Stored]
+    ) -> dict[str, Lifecycle | BaseException]:
+        """Start each id (on the pool when there are many); its Lifecycle or its error."""
+        out: dict[str, Lifecycle | BaseException] = {}
+
+        def start(chunk: Sequence[str]) -> None:
+            for instance_id in chunk:
+                lifecycle = Lifecycle(instance_id, self.backends, context=self._ctx)
+                try:
+                    lifecycle.start(stored=stored.get(instance_id))
+                except BaseException as exc:
+                    out[instance_id] = exc
+                else:
+                    out[instance_id] = lifecycle
+
+        if self.workers == 1 or len(ids) < 2 * self.workers:
+            start(ids)
+        else:
+            size = max(1, len(ids) // (self.workers * _CHUNKS_PER_WORKER))
+            chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+            for _ in self._executor().map(start, chunks):
+                pass
+        return out
 
     def adopt(self, candidates: Iterable[str], *, limit: int | None = None) -> list[str]:
         """Take over the candidates no other worker holds, up to ``limit`` members.
@@ -204,129 +242,29 @@ class Fleet:
                 log.warning("could not read the instances to adopt: %s", exc)
                 leases.release(held, self.owner)
                 break
+            started = self._start_all(held, stored)
             for instance_id in held:
-                try:
-                    self._join(instance_id, stored.get(instance_id))
-                except (InvalidTransition, StoreUnavailable) as exc:
-                    log.warning("instance %s not adopted: %s", instance_id, exc)
+                outcome = started[instance_id]
+                if isinstance(outcome, (InvalidTransition, StoreUnavailable)):
+                    log.warning("instance %s not adopted: %s", instance_id, outcome)
                     leases.release([instance_id], self.owner)
                     continue
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self._enlist(outcome)
                 adopted.append(instance_id)
         if adopted and self._kick is not None:
             self._kick.set()
         return adopted
 
-    def _join(self, instance_id: str, stored: Stored | None) -> Lifecycle:
-        lifecycle = self._member(instance_id)
-        lifecycle._start(stored)
-        self._enlist(lifecycle)
-        return lifecycle
-
-    def _join_many(
-        self,
-        ids: list[str],
-        stored: dict[str, Stored],
-        added: list[Lifecycle],
-        store: BatchingStateStore,
-    ) -> None:
-        """``_join`` each id, the ``start`` of the new ones written together.
-
-        Fills ``added`` in the order of ``ids``. An id that cannot start raises with
-        the ids before it joined and the ones after it not: a new one after it may
-        have had its ``start`` written, and whoever adds it next resumes it.
-        """
-        now = self.backends.clock.now()
-        joined: dict[str, Lifecycle] = {}
-        failed: tuple[str, BaseException] | None = None
-        # A write (or what follows it) failed: nothing after it begins. Writes settle
-        # in the order of ``ids``, all before a failure of the loop, so the first
-        # failure in that order wins.
-        stopped = False
-        fresh: list[Step] = []
-        sent: tuple[list[Step], Callable[[], list[Exception | None]]] | None = None
-
-        def stop(instance_id: str, exc: BaseException) -> None:
-            nonlocal failed, stopped
-            if not stopped:
-                failed, stopped = (instance_id, exc), True
-
-        def begin(lifecycle: Lifecycle) -> None:
-            lifecycle._begin()
-            self._enlist(lifecycle)
-            joined[lifecycle.instance_id] = lifecycle
-
-        def settle() -> None:
-            nonlocal sent
-            if sent is None:
-                return
-            steps, finish = sent
-            sent = None
-            try:
-                errors = finish()
-            except BaseException as exc:
-                stop(steps[0][0].instance_id, exc)
-                return
-            for (lifecycle, *_), error in zip(steps, errors, strict=True):
-                if stopped:
-                    return
-                try:
-                    if error is not None:
-                        raise error
-                    begin(lifecycle)
-                except BaseException as exc:
-                    stop(lifecycle.instance_id, exc)
-
-        def send(steps: list[Step]) -> None:
-            # The next slice is decided while Redis writes this one.
-            nonlocal sent
-            try:
-                finish = start_together(steps, store)
-            except BaseException as exc:
-                settle()
-                stop(steps[0][0].instance_id, exc)
-                return
-            settle()
-            sent = (steps, finish)
-
-        try:
-            for instance_id in ids:
-                if stopped:
-                    break
-                lifecycle = self._member(instance_id)
-                try:
-                    facts = lifecycle._resume(stored.get(instance_id))
-                    if facts is None:
-                        begin(lifecycle)
-                    else:
-                        decision = lifecycle._decide("start", facts, now)
-                        fresh.append((lifecycle, decision, None, None, now))
-                        if len(fresh) == SLICE:
-                            send(fresh)
-                            fresh = []
-                except BaseException as exc:
-                    failed = (instance_id, exc)
-                    break
-            if fresh and not stopped:
-                send(fresh)
-        finally:
-            settle()
-        stop_at = ids.index(failed[0]) if failed is not None else len(ids)
-        for instance_id in ids[stop_at:]:
-            self._drop(instance_id)  # joined after the failure, or half-enlisted
-        added += [joined[i] for i in ids[:stop_at] if i in joined]
-        if failed is not None:
-            raise failed[1]
-
-    def _member(self, instance_id: str) -> Lifecycle:
-        lifecycle = Lifecycle(instance_id, self.backends, self.policy)
-        lifecycle._on_change = self._reschedule
-        return lifecycle
-
     def _enlist(self, lifecycle: Lifecycle) -> None:
         if self.leases is not None:
-            lifecycle._fence()
-        self._members[lifecycle.instance_id] = lifecycle
-        self._reschedule(lifecycle)
+            lifecycle.fence()
+        lifecycle.on_change = self._reschedule
+        # Under the lock: an API thread may add while run() drives the fleet.
+        with self._lock:
+            self._members[lifecycle.instance_id] = lifecycle
+            self._schedule(lifecycle)
 
     def _maintain_leases(self, now: float) -> None:
         """Renew the leases held; let go of the instances whose lease was lost."""
@@ -363,18 +301,17 @@ class Fleet:
                 self._resync_at = now + self.policy.connection_check_interval
             return
         self._resync_at = now + self.policy.connection_check_interval
+        self._health_due = True
         with self._lock:
             idle = [i for i in self._members if i not in self._busy]
         try:
             if self._versions is not None and idle:
-                # Most members are as this process left them: read their versions
-                # alone, and whole only the ones that moved (or went).
                 versions = self._versions.versions(idle)
                 members = self._members
                 idle = [
                     i
                     for i in idle
-                    if (member := members.get(i)) is not None and versions.get(i) != member._version
+                    if (member := members.get(i)) is not None and versions.get(i) != member.version
                 ]
             if not idle:
                 return
@@ -387,19 +324,35 @@ class Fleet:
             if lifecycle is None:
                 continue
             try:
-                lifecycle._refresh(stored.get(instance_id))
+                lifecycle.refresh(stored.get(instance_id))
             except Exception:
                 log.exception("instance %s: could not take in its stored state", instance_id)
-            if lifecycle._gone and self.leases is not None:
-                self._drop(instance_id)
-                self.leases.release([instance_id], self.owner)
+            if lifecycle.deleted:
+                self._forget(instance_id)
+
+    def _export_health(self) -> None:
+        metrics = self.backends.metrics
+        if not isinstance(metrics, HealthMetrics):
+            return
+        try:
+            reports = [member.health() for member in list(self._members.values())]
+            metrics.health(_summary(reports))
+            metrics.instance_health(reports)
+        except Exception:
+            log.exception("the metrics failed to take the fleet's health")
 
     def _drop(self, instance_id: str) -> None:
         with self._lock:
             lifecycle = self._members.pop(instance_id, None)
             self._scheduled.pop(instance_id, None)
         if lifecycle is not None:
-            lifecycle._on_change = None
+            lifecycle.on_change = None
+
+    def _forget(self, instance_id: str) -> None:
+        """A confirmed closure: nothing left to drive."""
+        self._drop(instance_id)
+        if self.leases is not None:
+            self.leases.release([instance_id], self.owner)
 
     def __getitem__(self, instance_id: str) -> Lifecycle:
         try:
@@ -416,20 +369,30 @@ class Fleet:
     def __len__(self) -> int:
         return len(self._members)
 
+    # --- health ------------------------------------------------------------------
+
+    def health(self, instance_id: str | None = None) -> Health | FleetHealth:
+        """One instance's health, or the fleet's (SPEC section 15)."""
+        if instance_id is not None:
+            return self[instance_id].health()
+        return _summary([member.health() for member in list(self._members.values())])
+
     # --- running ---------------------------------------------------------------
 
     @property
     def next_due(self) -> float | None:
-        """The earliest due time of any instance."""
+        """The earliest due time of any instance (or of a delivery to try again)."""
         with self._lock:
             heap = self._heap
             scheduled = self._scheduled
+            due = None
             while heap:
-                due, _, instance_id = heap[0]
-                if scheduled.get(instance_id) == due:
-                    return due
+                when, _, instance_id = heap[0]
+                if scheduled.get(instance_id) == when:
+                    due = when
+                    break
                 heapq.heappop(heap)
-            return None
+        return _earliest(due, self._ctx.relay.next_due)
 
     def run_due(self) -> float | None:
         """Run every instance that is due at the clock's now; return the next due time.
@@ -461,23 +424,18 @@ class Fleet:
                 due.append(member)
             for entry in held:
                 heapq.heappush(heap, entry)
-        size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
-        if self._batching is not None and len(due) > 1:
-            try:
-                due = run_together(
-                    due, now, self._batching, self._submit, size, self._release_many, self.workers
-                )
-            except Exception:
-                # A bug, or a pool shut down under us: nothing may stay marked busy.
-                log.exception("the batched pass failed; its instances wait for the next")
-                self._release_many(due)
-                due = []
         if len(due) <= 1 or self.workers == 1:
             self._run_chunk(due)
         else:
+            size = max(1, len(due) // (self.workers * _CHUNKS_PER_WORKER))
             chunks = [due[i : i + size] for i in range(0, len(due), size)]
             for _ in self._executor().map(self._run_chunk, chunks):
                 pass
+        self._ctx.relay.deliver()
+        if self._health_due:
+            # After the pass, so that the checks it made are in the report.
+            self._health_due = False
+            self._export_health()
         if self._tick is not None:
             self._tick.set()
         return self.next_due
@@ -489,9 +447,20 @@ class Fleet:
         fleet from other threads: ``fleet.send("bot-1", Lifecycle.reset)``.
         """
         lifecycle = self[instance_id]
+        try:
+            return self._driving_alone(lifecycle, action)
+        finally:
+            self._ctx.relay.deliver()
+
+    def _driving_alone(self, lifecycle: Lifecycle, action: Callable[[Lifecycle], T]) -> T:
+        instance_id = lifecycle.instance_id
         with self._lock:
-            while instance_id in self._busy:
-                self._lock.wait()
+            self._waiting += 1
+            try:
+                while instance_id in self._busy:
+                    self._lock.wait(_WAIT_SLICE)
+            finally:
+                self._waiting -= 1
             self._busy.add(instance_id)
         try:
             return action(lifecycle)
@@ -499,7 +468,7 @@ class Fleet:
             self._release(lifecycle)
 
     def close(self) -> None:
-        """Stop the worker pool and hand the leases back (idempotent).
+        """Stop the worker pool, hand over what is due, hand the leases back (idempotent).
 
         A graceful shutdown: the other workers adopt this one's instances at once
         instead of waiting for the leases to expire.
@@ -507,6 +476,7 @@ class Fleet:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._ctx.relay.deliver()
         if self.leases is not None and self._members:
             members = list(self._members)
             for instance_id in members:
@@ -515,19 +485,6 @@ class Fleet:
                 self.leases.release(members, self.owner)
             except StoreUnavailable as exc:
                 log.warning("could not hand the leases back (they will expire): %s", exc)
-
-    def _submit(self, task: Callable[[], None]) -> Future[None]:
-        """Run ``task`` on the pool; a fleet of one worker runs it here and now."""
-        if self.workers > 1:
-            return self._executor().submit(task)
-        done: Future[None] = Future()
-        try:
-            task()
-        except BaseException as exc:
-            done.set_exception(exc)
-        else:
-            done.set_result(None)
-        return done
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -546,22 +503,14 @@ class Fleet:
                 self._release(lifecycle)
 
     def _release(self, lifecycle: Lifecycle) -> None:
-        self._release_many([lifecycle])
-
-    def _release_many(self, lifecycles: list[Lifecycle]) -> None:
-        """No longer driven: schedule each again, and wake whoever waits to ``send``."""
+        """No longer driven: schedule it again, and wake whoever waits to ``send``."""
         with self._lock:
-            for lifecycle in lifecycles:
-                self._busy.discard(lifecycle.instance_id)
-                self._reschedule(lifecycle)
-            self._lock.notify_all()
-        if self.leases is not None:
-            # A confirmed closure: nothing left to drive.
-            gone = [lc.instance_id for lc in lifecycles if lc._gone]
-            for instance_id in gone:
-                self._drop(instance_id)
-            if gone:
-                self.leases.release(gone, self.owner)
+            self._busy.discard(lifecycle.instance_id)
+            self._schedule(lifecycle)
+            if self._waiting:
+                self._lock.notify_all()
+        if lifecycle.deleted and lifecycle.instance_id in self._members:
+            self._forget(lifecycle.instance_id)
 
     def stop(self) -> None:
         """Ask ``run()`` / ``arun()`` to return after the current pass."""
@@ -572,9 +521,10 @@ class Fleet:
     def run(self, until: float | None = None) -> None:
         """Drive the fleet until ``stop()`` or until the clock passes ``until``.
 
-        Between due times it sleeps on the clock (a fake clock jumps). It wakes for
-        the members' due times, the lease renewals and the periodic read-back of the
-        stored states, so it never returns on its own without ``until``.
+        Between due times it sleeps on the clock (a fake clock jumps), in slices of at
+        most half a second on the system clock so that a signal is answered promptly.
+        It wakes for the members' due times, the lease renewals and the periodic
+        read-back of the stored states, so it never returns on its own without ``until``.
         """
         clock = self.backends.clock
         try:
@@ -586,7 +536,7 @@ class Fleet:
                     wake = clock.now() + self.policy.connection_check_interval
                 delay = wake - clock.now()
                 if isinstance(clock, SystemClock):
-                    self._stop.wait(max(delay, 0.0))
+                    self._stop.wait(min(max(delay, 0.0), _WAIT_SLICE))
                 else:
                     clock.sleep(delay)
         finally:
@@ -645,15 +595,15 @@ class Fleet:
         clock = self.backends.clock
         deadline = clock.now() + timeout
         while True:
-            snapshot = lifecycle.snapshot()
-            if snapshot is not None and snapshot.status is State.CONNECTED:
+            snapshot = _connected_or_raise(lifecycle)
+            if snapshot is not None:
                 return snapshot
-            _raise_if_stuck(lifecycle, snapshot)
             now = clock.now()
             if now >= deadline:
+                current = lifecycle.snapshot()
                 raise TimeoutError(
                     f"instance {instance_id!r} is not CONNECTED after {timeout} s "
-                    f"(now {snapshot.status.value if snapshot else None})"
+                    f"(now {current.status.value if current else None})"
                 )
             if self._driving and self._tick is not None:
                 # arun() owns the clock (a fake one jumps): it wakes for this deadline
@@ -669,25 +619,53 @@ class Fleet:
                     self._deadlines.remove(deadline)
             else:
                 due = await asyncio.to_thread(self.run_due)
-                snapshot = lifecycle.snapshot()
-                if snapshot is not None and snapshot.status is State.CONNECTED:
+                snapshot = _connected_or_raise(lifecycle)
+                if snapshot is not None:
                     return snapshot
-                _raise_if_stuck(lifecycle, snapshot)
                 wake = deadline if due is None else min(due, deadline)
                 await clock.asleep(max(wake - clock.now(), 0.0))
 
     # --- internals -------------------------------------------------------------
 
     def _reschedule(self, lifecycle: Lifecycle) -> None:
+        """A member's due time changed (``Lifecycle.on_change``).
+
+        One that a worker is driving is scheduled when it is handed back
+        (``_release``): while it runs, its due time may change several times, and
+        each change need not take the fleet's lock.
+        """
+        if lifecycle.instance_id in self._busy:
+            return
+        with self._lock:
+            self._schedule(lifecycle)
+
+    def _schedule(self, lifecycle: Lifecycle) -> None:
+        # The caller holds the lock.
         instance_id = lifecycle.instance_id
         due = lifecycle.next_due
-        with self._lock:
-            if due is None:
-                self._scheduled.pop(instance_id, None)
-                return
-            if self._scheduled.get(instance_id) != due:
-                self._scheduled[instance_id] = due
-                heapq.heappush(self._heap, (due, next(self._seq), instance_id))
+        if due is None:
+            self._scheduled.pop(instance_id, None)
+            return
+        if self._scheduled.get(instance_id) != due:
+            self._scheduled[instance_id] = due
+            heapq.heappush(self._heap, (due, next(self._seq), instance_id))
+
+
+def _summary(reports: Sequence[Health]) -> FleetHealth:
+    count = len(reports)
+
+    def mean(values: Iterable[float]) -> float:
+        return sum(values) / count if count else 0.0
+
+    return FleetHealth(
+        instances=count,
+        connected=sum(r.connected for r in reports),
+        healthy=sum(r.healthy for r in reports),
+        unhealthy=tuple(r for r in reports if not r.healthy),
+        uptime_5m=mean(r.uptime_5m for r in reports),
+        uptime_1h=mean(r.uptime_1h for r in reports),
+        uptime_1d=mean(r.uptime_1d for r in reports),
+    )
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -698,16 +676,15 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-def _raise_if_stuck(lifecycle: Lifecycle, snapshot: Snapshot | None) -> None:
-    if snapshot is None:
-        return
-    status = snapshot.status
-    stuck = status in (State.INACTIVE, State.ACCOUNT_CLOSED) or (
-        status is State.FAILED and snapshot.due is not Due.RESTART
-    )
-    if stuck or lifecycle._gone:
+def _connected_or_raise(lifecycle: Lifecycle) -> Snapshot | None:
+    """The snapshot when ``CONNECTED``; raise when the table says it never will be."""
+    snapshot = lifecycle.snapshot()
+    if snapshot is not None and snapshot.status is State.CONNECTED and not lifecycle.deleted:
+        return snapshot
+    if lifecycle.needs_operator:
         raise Unrecoverable(
             instance_id=lifecycle.instance_id,
-            state=status,
-            reason=snapshot.last_failure_reason,
+            state=State.INACTIVE if lifecycle.deleted or snapshot is None else snapshot.status,
+            reason=snapshot.last_failure_reason if snapshot is not None else None,
         )
+    return None

@@ -19,6 +19,18 @@ Scripting (the names in ``SCRIPTING_API``, which the real module does not have):
     mt5.open_position(7001, "EURUSD", 1.0, close_retcodes=[10004, 10009])
     mt5.delete_account(5012345)     # later logins: -6, journal "(Invalid account)"
 
+A terminal that is slow or stuck, or that answers for another account::
+
+    mt5.delay("login", 1.5)                  # answers 1.5 s late (the login took effect)
+    mt5.delay("initialize", 1.5, before=True) # starts 1.5 s late
+    held = mt5.hang("terminal_info")         # blocks until held.release() or crash()
+    mt5.cross_wire(777)                      # account_info() names login 777
+    mt5.submissions                          # every call that carried a password
+
+The history (``history_deals_get``, ``history_orders_get``) holds what happened:
+positions opened and closed (by ``order_send``, or by the broker with
+``close_by_broker``), orders cancelled or filled (``fill_order``).
+
 Not modelled: price history (``copy_*`` answer ``None`` with ``RES_E_NOT_FOUND``),
 market depth, margin and profit arithmetic.
 """
@@ -27,8 +39,11 @@ market depth, margin and profit arithmetic.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,9 +56,11 @@ __all__ = [
     "AccountInfo",
     "BookInfo",
     "FakeMetaTrader5",
+    "Hang",
     "Mt5LinuxProxy",
     "OrderCheckResult",
     "OrderSendResult",
+    "Submission",
     "SymbolInfo",
     "TerminalInfo",
     "Tick",
@@ -57,19 +74,28 @@ SCRIPTING_API = frozenset(
     {
         "add_account",
         "calls",
+        "close_by_broker",
         "crash",
+        "cross_wire",
+        "delay",
         "delete_account",
         "disable_account",
         "drop_connection",
         "fail_initialize",
         "fail_logins",
+        "fill_order",
+        "flush_journal",
+        "hang",
+        "hold_journal",
         "logged_in",
         "open_position",
         "pending_order",
         "raise_on_login",
+        "release_hangs",
         "requests",
         "restore_connection",
         "set_symbol",
+        "submissions",
         "write_journal",
     }
 )
@@ -81,6 +107,39 @@ _T = TypeVar("_T")
 
 class _Clock(Protocol):
     def now(self) -> float: ...
+
+
+class Submission(NamedTuple):
+    """One call that handed a password to the terminal (the password itself is not kept)."""
+
+    function: str
+    """``initialize`` or ``login``."""
+    login: int
+    server: str | None
+
+
+class Hang:
+    """A call held by :meth:`FakeMetaTrader5.hang` or ``delay``: the test's handle on it.
+
+    ``entered`` is set once the held call has started waiting, so a test can wait for
+    the call to be in progress without sleeping; ``release()`` lets it go on (a delay
+    ends early), as does the terminal's crash.
+    """
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
+    def _wait(self, seconds: float | None) -> None:
+        self.entered.set()
+        self._released.wait(seconds)
 
 
 # -- result types: field names and order as the package's struct sequences ----------
@@ -480,6 +539,15 @@ class _Symbol:
     trade_mode: int = 4
 
 
+@attrs.define
+class _Hold:
+    seconds: float | None
+    """``None``: until released."""
+    before: bool
+    """Wait before doing the call's work (it starts late) or after (it answers late)."""
+    hang: Hang
+
+
 class FakeMetaTrader5:
     """A stand-in for the ``MetaTrader5`` module, one terminal per instance.
 
@@ -781,6 +849,16 @@ class FakeMetaTrader5:
         """The module functions called, in order (a test's view of the traffic)."""
         self.requests: list[dict[str, Any]] = []
         """Every request given to ``order_send``, as sent."""
+        self.submissions: list[Submission] = []
+        """Every ``initialize``/``login`` call that carried a password, as it arrived: how
+        often the broker was shown the credentials."""
+        self._holds: dict[str, list[_Hold]] = {}
+        self._hangs: list[Hang] = []
+        self._holds_lock = threading.Lock()
+        self._cross_wired: tuple[int, str | None] | None = None
+        self._deals: list[TradeDeal] = []
+        self._history_orders: list[TradeOrder] = []
+        self._journal_held: list[tuple[str, str, int]] | None = None
 
     # == scripting ====================================================================
 
@@ -862,6 +940,8 @@ class FakeMetaTrader5:
         """
         self._running = False
         self._ipc = False
+        # A call stuck in a terminal returns when the terminal process dies.
+        self.release_hangs()
 
     def open_position(
         self,
@@ -882,15 +962,27 @@ class FakeMetaTrader5:
         """
         sym = self._symbol(symbol)
         opened = sym.ask if type == self.POSITION_TYPE_BUY else sym.bid
+        at = opened if price is None else price
         self._positions[ticket] = _Position(
             ticket,
             symbol,
             type,
             float(volume),
-            opened if price is None else price,
+            at,
             magic,
             comment,
             _script(close_retcodes),
+        )
+        self._record_deal(
+            ticket,
+            symbol,
+            type,
+            self.DEAL_ENTRY_IN,
+            float(volume),
+            at,
+            magic=magic,
+            comment=comment,
+            order=ticket,
         )
 
     def pending_order(
@@ -932,8 +1024,14 @@ class FakeMetaTrader5:
             sym.filling_mode = filling_mode
 
     def write_journal(self, message: str, *, source: str = "Network", level: int = 0) -> None:
-        """Append one line to today's journal, as the terminal writes it (UTF-16)."""
+        """Append one line to today's journal, as the terminal writes it (UTF-16).
+
+        While the journal is held (``hold_journal``) the line waits for ``flush_journal``.
+        """
         if self._data_path is None:
+            return
+        if self._journal_held is not None:
+            self._journal_held.append((message, source, level))
             return
         now = self._now()
         stamp = datetime.fromtimestamp(now, tz=UTC)
@@ -947,10 +1045,103 @@ class FakeMetaTrader5:
                 f.write(b"\xff\xfe")
             f.write(line.encode("utf-16-le"))
 
+    def hold_journal(self) -> None:
+        """Keep the next journal lines back, as a terminal that writes its journal late does."""
+        if self._journal_held is None:
+            self._journal_held = []
+
+    def flush_journal(self) -> None:
+        """Write the lines kept back since ``hold_journal``, and write at once from now on."""
+        held, self._journal_held = self._journal_held or [], None
+        for message, source, level in held:
+            self.write_journal(message, source=source, level=level)
+
     @property
     def logged_in(self) -> int | None:
         """The account the terminal is logged in to, if any."""
         return self._login
+
+    def delay(self, function: str, seconds: float, *, times: int = 1, before: bool = False) -> Hang:
+        """The next ``times`` calls of ``function`` take ``seconds`` longer (real time).
+
+        By default the call does its work at once and answers late (a login that took
+        effect, though its answer came after the caller gave up); ``before=True`` waits
+        first (the work itself happens late). The returned handle ends the wait early.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"seconds must be a non-negative number, not {seconds!r}")
+        return self._hold(function, float(seconds), times, before)
+
+    def hang(self, function: str, *, times: int = 1, before: bool = True) -> Hang:
+        """The next ``times`` calls of ``function`` block until released (or ``crash()``).
+
+        By default nothing happens until the release, as with a terminal stuck in a
+        call; ``before=False`` does the work first and then never answers.
+        """
+        return self._hold(function, None, times, before)
+
+    def release_hangs(self) -> None:
+        """Let every held call go on."""
+        with self._holds_lock:
+            hangs, self._hangs = self._hangs, []
+            self._holds.clear()
+        for held in hangs:
+            held.release()
+
+    def cross_wire(self, login: int | None, server: str | None = None) -> None:
+        """``account_info()`` names ``login`` on ``server`` (default: the account's own
+        server): the answer of another terminal over the same IPC channel, or of a
+        terminal shared by mistake. ``None`` ends it."""
+        self._cross_wired = None if login is None else (int(login), server)
+
+    def close_by_broker(self, ticket: int, *, reason: int = 6, price: float | None = None) -> None:
+        """The broker closes the position itself (``reason``: ``DEAL_REASON_SO`` stop out by
+        default, ``_SL`` 4, ``_TP`` 5): it leaves the terminal and enters the history."""
+        pos = self._positions.pop(ticket, None)
+        if pos is None:
+            raise ValueError(f"no open position {ticket}")
+        sym = self._symbols[pos.symbol]
+        closing = (
+            self.ORDER_TYPE_SELL if pos.type == self.POSITION_TYPE_BUY else self.ORDER_TYPE_BUY
+        )
+        at = (
+            (sym.bid if pos.type == self.POSITION_TYPE_BUY else sym.ask) if price is None else price
+        )
+        self._sequence += 1
+        order = self._sequence
+        self._record_order(
+            order, pos.symbol, closing, self.ORDER_STATE_FILLED, pos.volume, 0.0, at, pos.ticket
+        )
+        self._record_deal(
+            pos.ticket,
+            pos.symbol,
+            closing,
+            self.DEAL_ENTRY_OUT,
+            pos.volume,
+            at,
+            reason=reason,
+            order=order,
+        )
+
+    def fill_order(self, ticket: int) -> None:
+        """A pending order fills: it enters the history, and a position with its ticket opens."""
+        order = self._orders.pop(ticket, None)
+        if order is None:
+            raise ValueError(f"no pending order {ticket}")
+        self._record_order(
+            order.ticket,
+            order.symbol,
+            order.type,
+            self.ORDER_STATE_FILLED,
+            order.volume,
+            0.0,
+            order.price_open,
+            order.ticket,
+        )
+        kind = self.POSITION_TYPE_BUY if order.type % 2 == 0 else self.POSITION_TYPE_SELL
+        self.open_position(
+            order.ticket, order.symbol, order.volume, type=kind, price=order.price_open
+        )
 
     # == the module's API =============================================================
 
@@ -973,6 +1164,8 @@ class FakeMetaTrader5:
         if login is None:
             self._error = _SUCCESS
             return True
+        if password is not None:
+            self.submissions.append(Submission("initialize", login, server))
         ok = self._authenticate(login, password, server)
         if not ok:
             # Refused credentials leave no usable IPC connection behind.
@@ -988,6 +1181,8 @@ class FakeMetaTrader5:
         timeout: int | None = None,
     ) -> bool:
         self.calls.append("login")
+        if password is not None:
+            self.submissions.append(Submission("login", login, server))
         if not self._ipc:
             return self._fail(_NO_IPC)
         return self._authenticate(login, password, server)
@@ -1024,6 +1219,15 @@ class FakeMetaTrader5:
         if self._ipc_gone():
             return None
         account = None if self._login is None else self._accounts.get(self._login)
+        if self._cross_wired is not None:
+            other, server = self._cross_wired
+            self._error = _SUCCESS
+            return AccountInfo(
+                login=other,
+                name="Another Account",
+                server=server or (account.server if account is not None else ""),
+                company="MetaQuotes Ltd.",
+            )
         if account is None:
             self._error = _NOT_FOUND
             return None
@@ -1108,7 +1312,10 @@ class FakeMetaTrader5:
         )
 
     def history_orders_total(self, date_from: Any, date_to: Any) -> int | None:
-        return self._empty_history("history_orders_total", 0)
+        found = self._history_select(
+            "history_orders_total", self._history_orders, date_from, date_to, None, None, None
+        )
+        return None if found is None else len(found)
 
     def history_orders_get(
         self,
@@ -1119,10 +1326,15 @@ class FakeMetaTrader5:
         position: int | None = None,
         ticket: int | None = None,
     ) -> tuple[TradeOrder, ...] | None:
-        return self._empty_history("history_orders_get", ())
+        return self._history_select(
+            "history_orders_get", self._history_orders, date_from, date_to, group, position, ticket
+        )
 
     def history_deals_total(self, date_from: Any, date_to: Any) -> int | None:
-        return self._empty_history("history_deals_total", 0)
+        found = self._history_select(
+            "history_deals_total", self._deals, date_from, date_to, None, None, None
+        )
+        return None if found is None else len(found)
 
     def history_deals_get(
         self,
@@ -1133,7 +1345,9 @@ class FakeMetaTrader5:
         position: int | None = None,
         ticket: int | None = None,
     ) -> tuple[TradeDeal, ...] | None:
-        return self._empty_history("history_deals_get", ())
+        return self._history_select(
+            "history_deals_get", self._deals, date_from, date_to, group, position, ticket
+        )
 
     def order_check(self, request: Mapping[str, Any]) -> OrderCheckResult | None:
         self.calls.append("order_check")
@@ -1166,6 +1380,16 @@ class FakeMetaTrader5:
             retcode = _next(order.cancel_retcodes)
             if retcode == self.TRADE_RETCODE_DONE:
                 del self._orders[order.ticket]
+                self._record_order(
+                    order.ticket,
+                    order.symbol,
+                    order.type,
+                    self.ORDER_STATE_CANCELED,
+                    order.volume,
+                    order.volume,
+                    order.price_open,
+                    0,
+                )
             return self._result(request, retcode)
         return self._result(request, 10013)
 
@@ -1327,6 +1551,154 @@ class FakeMetaTrader5:
         self._error = _SUCCESS
         return empty
 
+    def _hold(self, function: str, seconds: float | None, times: int, before: bool) -> Hang:
+        if function not in _api_functions():
+            raise ValueError(f"{function!r} is not a function of the MetaTrader5 module")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a positive int, not {times!r}")
+        held = Hang()
+        with self._holds_lock:
+            self._hangs.append(held)
+            self._holds.setdefault(function, []).extend([_Hold(seconds, before, held)] * times)
+        if function not in vars(self):
+            # An instance attribute in front of the method: the class, its signatures
+            # and every other fake stay as they are.
+            setattr(self, function, self._held(function, getattr(self, function)))
+        return held
+
+    def _held(self, function: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(call)
+        def held(*args: Any, **kwargs: Any) -> Any:
+            with self._holds_lock:
+                queue = self._holds.get(function)
+                hold = queue.pop(0) if queue else None
+            if hold is None:
+                return call(*args, **kwargs)
+            if hold.before:
+                hold.hang._wait(hold.seconds)
+                return call(*args, **kwargs)
+            result = call(*args, **kwargs)
+            hold.hang._wait(hold.seconds)
+            return result
+
+        return held
+
+    def _record_deal(
+        self,
+        position: int,
+        symbol: str,
+        side: int,
+        entry: int,
+        volume: float,
+        price: float,
+        *,
+        reason: int = 3,  # DEAL_REASON_EXPERT: sent through the API
+        magic: int = 0,
+        comment: str = "",
+        order: int = 0,
+    ) -> None:
+        self._sequence += 1
+        now = self._now()
+        self._deals.append(
+            TradeDeal(
+                ticket=self._sequence,
+                order=order,
+                time=int(now),
+                time_msc=int(now * 1000),
+                type=side,
+                entry=entry,
+                magic=magic,
+                position_id=position,
+                reason=reason,
+                volume=volume,
+                price=price,
+                symbol=symbol,
+                comment=comment,
+            )
+        )
+
+    def _record_order(
+        self,
+        ticket: int,
+        symbol: str,
+        side: int,
+        state: int,
+        volume_initial: float,
+        volume_current: float,
+        price: float,
+        position: int,
+    ) -> None:
+        now = self._now()
+        self._history_orders.append(
+            TradeOrder(
+                ticket=ticket,
+                time_setup=int(now),
+                time_setup_msc=int(now * 1000),
+                time_done=int(now),
+                time_done_msc=int(now * 1000),
+                type=side,
+                state=state,
+                position_id=position,
+                reason=3,
+                volume_initial=volume_initial,
+                volume_current=volume_current,
+                price_open=price,
+                symbol=symbol,
+            )
+        )
+
+    def _record_trade(
+        self, request: Mapping[str, Any], result: OrderSendResult, position: int, entry: int
+    ) -> None:
+        symbol = str(request.get("symbol", ""))
+        side = int(request.get("type", 0))
+        asked = float(request.get("volume", 0.0))
+        state = self.ORDER_STATE_FILLED if result.volume >= asked else self.ORDER_STATE_PARTIAL
+        self._record_order(
+            result.order, symbol, side, state, asked, asked - result.volume, result.price, position
+        )
+        self._record_deal(
+            position,
+            symbol,
+            side,
+            entry,
+            result.volume,
+            result.price,
+            magic=int(request.get("magic", 0)),
+            comment=str(request.get("comment", "")),
+            order=result.order,
+        )
+
+    def _history_select(
+        self,
+        name: str,
+        records: Sequence[_Record],
+        date_from: Any,
+        date_to: Any,
+        group: str | None,
+        position: int | None,
+        ticket: int | None,
+    ) -> tuple[_Record, ...] | None:
+        # The package's three call shapes: by position, by ticket, or by a date range
+        # (with an optional symbol group); anything else is refused.
+        self.calls.append(name)
+        if self._ipc_gone():
+            return None
+        self._error = _SUCCESS
+        if position is not None:
+            return tuple(r for r in records if r.position_id == position)
+        if ticket is not None:
+            return tuple(r for r in records if r.ticket == ticket)
+        if date_from is None or date_to is None:
+            self._error = _INVALID_PARAMS
+            return None
+        start, end = _seconds(date_from), _seconds(date_to)
+        return tuple(
+            r
+            for r in records
+            if start <= _record_time(r) <= end and (group is None or _in_group(r.symbol, group))
+        )
+
     def _authenticate(self, login: int, password: str | None, server: str | None) -> bool:
         raised = self._raises.pop(0) if self._raises else None
         ok = self._check_credentials(login, password, server, raised)
@@ -1442,7 +1814,9 @@ class FakeMetaTrader5:
                 str(request.get("comment", "")),
                 [10009],
             )
-            return self._result(request, 10009, volume)
+            opened = self._result(request, 10009, volume)
+            self._record_trade(request, opened, self._sequence - 1, self.DEAL_ENTRY_IN)
+            return opened
         pos = self._positions.get(ticket)
         if pos is None:
             return self._result(request, 10036)
@@ -1458,7 +1832,10 @@ class FakeMetaTrader5:
         pos.volume = round(pos.volume - filled, 8)
         if pos.volume <= 1e-9:
             del self._positions[ticket]
-        return self._result(request, retcode, filled)
+        result = self._result(request, retcode, filled)
+        if filled:
+            self._record_trade(request, result, ticket, self.DEAL_ENTRY_OUT)
+        return result
 
     def _result(
         self, request: Mapping[str, Any], retcode: int, volume: float = 0.0
@@ -1525,6 +1902,43 @@ class FakeMetaTrader5:
         if ticket is not None:
             order["position"] = ticket
         return self.order_send(order)
+
+
+_Record = TypeVar("_Record", TradeDeal, TradeOrder)
+
+
+def _seconds(value: Any) -> float:
+    # The package takes a datetime (UTC when naive, as its documentation asks) or a
+    # number of seconds since 1970.
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return float(value)
+
+
+def _record_time(record: TradeDeal | TradeOrder) -> int:
+    return record.time if isinstance(record, TradeDeal) else record.time_setup
+
+
+def _in_group(symbol: str, group: str) -> bool:
+    # "*, !EUR*": conditions applied in order, '!' excluding what matched before.
+    selected = False
+    for condition in (c.strip() for c in group.split(",")):
+        if condition.startswith("!"):
+            if fnmatch.fnmatchcase(symbol, condition[1:]):
+                selected = False
+        elif condition and fnmatch.fnmatchcase(symbol, condition):
+            selected = True
+    return selected
+
+
+@functools.cache
+def _api_functions() -> frozenset[str]:
+    """The module functions of the package, which a test may delay or hang."""
+    return frozenset(
+        name
+        for name, value in vars(FakeMetaTrader5).items()
+        if callable(value) and not name.startswith("_") and name not in SCRIPTING_API
+    )
 
 
 def _request(request: Mapping[str, Any]) -> TradeRequest:

@@ -14,9 +14,10 @@ import duckdb
 import pytest
 
 from mt5lifecycle import Credentials, InvalidTransition, Lifecycle
-from mt5lifecycle.adapters.duckdb import SCHEMA_VERSION, DuckDBArchive
+from mt5lifecycle.adapters.duckdb import _V1, SCHEMA_VERSION, DuckDBArchive
 from mt5lifecycle.core.records import (
     ArchiveRecord,
+    AuditRecord,
     ClosureRecord,
     LoginFailureRecord,
     Notification,
@@ -283,7 +284,8 @@ def test_schema_is_versioned_and_created_once(tmp_path: Path, clock: Clock) -> N
         with DuckDBArchive(path, clock=clock, background=False) as archive:
             archive.write([transition(0)])
     with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        versions = con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 def test_a_file_from_a_newer_library_is_refused(tmp_path: Path, clock: Clock) -> None:
@@ -367,7 +369,9 @@ def test_a_file_locked_by_another_process_never_fails_write(
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
-        archive = DuckDBArchive(path, batch_size=1, metrics=metrics, clock=clock, background=False)
+        archive = DuckDBArchive(
+            path, batch_size=1, metrics=metrics, clock=clock, background=False, lock_timeout=0.2
+        )
         with caplog.at_level(logging.ERROR, logger="mt5lifecycle.archive"):
             archive.write([transition(0)])
         assert archive.pending == 1
@@ -491,7 +495,8 @@ def test_flow_network_loss_and_reconnection(tmp_path: Path) -> None:
     assert flow.state() is State.CONNECTED
     assert flow.rows()[2:] == [
         ("connection_lost", "CONNECTED", "CONNECTING", "NETWORK"),
-        ("login_succeeded", "CONNECTING", "CONNECTED", None),
+        # back by itself, no login: archived as the check that found it so
+        ("reconnect_checked", "CONNECTING", "CONNECTED", None),
     ]
 
 
@@ -534,6 +539,8 @@ def test_flow_account_closed_with_open_trades_then_confirmed(tmp_path: Path) -> 
     assert closed.last_failure_reason is Reason.ACCOUNT_CLOSED
     assert flow.rows()[2:] == [
         ("account_closed", "CONNECTED", "ACCOUNT_CLOSED", "ACCOUNT_CLOSED"),
+        # the last ticket settled: closing is done (the others are quiet steps)
+        ("trade_settled", "ACCOUNT_CLOSED", "ACCOUNT_CLOSED", "ACCOUNT_CLOSED"),
         ("confirm_closure", "ACCOUNT_CLOSED", "INACTIVE", "ACCOUNT_CLOSED"),
     ]
     # The file remembers: a new Lifecycle for the id is refused.
@@ -568,10 +575,157 @@ def test_flow_reset_after_exhaustion(tmp_path: Path) -> None:
     flow.lc.start()
     flow.run(200)
     assert flow.state() is State.FAILED
-    flow.lc.reset()
+    flow.lc.reset(force=True)  # the broker unlocked it: the same credentials once more
     flow.run(1)
     assert flow.state() is State.CONNECTED
     assert flow.rows()[-2:] == [
         ("reset", "FAILED", "CONNECTING", None),
         ("login_succeeded", "CONNECTING", "CONNECTED", None),
     ]
+
+
+# --- audits, and reading while another process writes --------------------------------
+
+
+def audit(i: int = 0, outcome: str = "done") -> AuditRecord:
+    return AuditRecord(
+        instance_id="acc-1",
+        at=T0 + timedelta(seconds=i),
+        actor="alice",
+        action="reset",
+        source=State.FAILED,
+        dest=State.CONNECTING if outcome == "done" else State.FAILED,
+        outcome=outcome,
+        detail="" if outcome == "done" else "the table refuses it",
+        record_id=f"a-{i}",
+    )
+
+
+def test_audits_are_written_once_and_read_back_in_order(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "a.duckdb"
+    with DuckDBArchive(path, clock=clock, background=False) as archive:
+        archive.write([audit(1, "refused"), audit(0), audit(0)])
+        got = archive.audits("acc-1")
+    assert got == [audit(0), audit(1, "refused")]
+    assert count(path, "audits") == 2
+    with DuckDBArchive.reader(path) as reader:
+        assert reader.audits("acc-1") == got
+        assert reader.audits("acc-2") == []
+
+
+def test_a_version_1_file_is_migrated_and_a_reader_of_one_sees_no_audits(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "v1.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for statement in _V1:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version (version) VALUES (1)")
+    with DuckDBArchive.reader(path) as reader:
+        assert reader.audits("acc-1") == []
+        assert reader.history("acc-1") == []
+    with DuckDBArchive(path, clock=clock, background=False) as archive:
+        archive.write([audit(0)])
+        assert archive.audits("acc-1") == [audit(0)]
+
+
+def test_a_reader_writes_nothing_and_never_creates_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "none.duckdb"
+    reader = DuckDBArchive.reader(path, lock_timeout=0)
+    with pytest.raises(TypeError, match="reader"):
+        reader.write([transition(0)])
+    with pytest.raises(TypeError, match="reader"):
+        reader.store([transition(0)])
+    with pytest.raises(StoreUnavailable):
+        reader.history("acc-1")
+    reader.close()
+    assert not path.exists()
+
+
+_WRITER = """
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from mt5lifecycle.adapters.duckdb import DuckDBArchive
+from mt5lifecycle.core.records import TransitionRecord
+from mt5lifecycle.core.states import State
+
+path, stop, keep_open = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+archive = DuckDBArchive(path, background=False, keep_open=keep_open)
+t0 = datetime(2026, 1, 1, tzinfo=UTC)
+written = 0
+# Bounded: a test that forgets to stop the writer still ends.
+while written < 5000 and not stop.exists():
+    archive.write([TransitionRecord(instance_id="acc-1", at=t0 + timedelta(seconds=written),
+                   event="connection_lost", source=State.CONNECTED, dest=State.CONNECTING,
+                   reason=None, record_id=f"w-{written}")])
+    archive.flush()
+    written += 1
+    if written == 1:
+        print("flushing", flush=True)
+archive.close()
+print(written, flush=True)
+"""
+
+
+def start_writer(path: Path, stop: Path, *, keep_open: bool = False) -> subprocess.Popen[str]:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), str(stop), "1" if keep_open else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "flushing"
+    return writer
+
+
+def stop_writer(writer: subprocess.Popen[str], stop: Path) -> int:
+    stop.touch()
+    out, _ = writer.communicate(timeout=30)
+    assert writer.returncode == 0
+    return int(out.split()[-1])
+
+
+def test_history_is_read_while_another_process_flushes_in_a_loop(tmp_path: Path) -> None:
+    path, stop = tmp_path / "live.duckdb", tmp_path / "stop"
+    writer = start_writer(path, stop)
+    try:
+        reader = DuckDBArchive.reader(path)
+        seen = [len(reader.history("acc-1")) for _ in range(15)]
+        reader.close()
+    finally:
+        written = stop_writer(writer, stop)
+    assert seen == sorted(seen)
+    assert seen[0] >= 1
+    with DuckDBArchive.reader(path) as reader:
+        assert len(reader.history("acc-1")) == written
+
+
+def test_a_writer_that_keeps_the_file_open_locks_readers_out(tmp_path: Path) -> None:
+    path, stop = tmp_path / "held.duckdb", tmp_path / "stop"
+    writer = start_writer(path, stop, keep_open=True)
+    try:
+        reader = DuckDBArchive.reader(path, lock_timeout=0.2)
+        with pytest.raises(StoreUnavailable, match="lock"):
+            reader.history("acc-1")
+        reader.close()
+    finally:
+        stop_writer(writer, stop)
+
+
+def test_two_writers_share_one_file(tmp_path: Path) -> None:
+    path, stop = tmp_path / "shared.duckdb", tmp_path / "stop"
+    writer = start_writer(path, stop)
+    try:
+        with DuckDBArchive(path, background=False) as mine:
+            mine.write([transition(i, "acc-2") for i in range(5)])
+            mine.flush()
+            assert mine.pending == 0
+    finally:
+        stop_writer(writer, stop)
+    with DuckDBArchive.reader(path) as reader:
+        assert len(reader.history("acc-2")) == 5

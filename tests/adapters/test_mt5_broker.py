@@ -16,11 +16,17 @@ from mt5lifecycle.adapters.mt5 import (
     TerminalUnavailable,
     read_journal_line,
 )
-from mt5lifecycle.core.records import LoginResult, Order, Position
+from mt5lifecycle.core.records import Account, LoginResult, Order, Position
 from mt5lifecycle.core.states import TerminalStatus
-from mt5lifecycle.ports import Broker
+from mt5lifecycle.ports import AccountReader, Broker, Deadlined, TradeHistory
 from mt5lifecycle.testing import FakeClock
-from mt5lifecycle.testing.fake_mt5 import FakeMetaTrader5, Mt5LinuxProxy, OrderSendResult
+from mt5lifecycle.testing.fake_mt5 import (
+    FakeMetaTrader5,
+    Mt5LinuxProxy,
+    OrderSendResult,
+    Submission,
+    TerminalInfo,
+)
 
 LOGIN = 5012345
 SERVER = "Broker-Demo"
@@ -40,7 +46,12 @@ class World:
         self.mt5 = FakeMetaTrader5(data_path=self.data_path, clock=self.clock)
         self.mt5.add_account(LOGIN, PASSWORD, SERVER)
         module: object = Mt5LinuxProxy(self.mt5) if proxy else self.mt5
-        self.broker = MT5Broker({instance_id: module}, data_paths={instance_id: self.data_path})
+        self.slept: list[float] = []
+        self.broker = MT5Broker(
+            {instance_id: module},
+            data_paths={instance_id: self.data_path},
+            sleep=self.slept.append,  # the journal's waits, counted instead of slept
+        )
 
     def login(self, *, logged_in_before: bool = False, creds: Credentials = CREDS) -> LoginResult:
         return self.broker.login(self.id, creds, logged_in_before=logged_in_before)
@@ -77,29 +88,36 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> World:
     return World(tmp_path, proxy=request.param == "mt5linux")
 
 
-def test_it_is_a_broker(world: World) -> None:
+def test_it_is_a_broker_with_every_optional_capability(world: World) -> None:
     assert isinstance(world.broker, Broker)
+    assert isinstance(world.broker, AccountReader)
+    assert isinstance(world.broker, TradeHistory)
+    assert isinstance(world.broker, Deadlined)
 
 
 # -- login -----------------------------------------------------------------------
 
 
-def test_first_login_initializes_then_later_ones_log_in(world: World) -> None:
-    assert world.login().ok
+def _logins(world: World) -> list[str]:
+    return [c for c in world.mt5.calls if c in ("initialize", "login", "shutdown")]
+
+
+def test_first_login_attaches_then_logs_in_once(world: World) -> None:
+    result = world.login()
+    assert result.ok
+    assert result.account == Account(LOGIN, SERVER)
     assert world.mt5.logged_in == LOGIN
     assert world.login(logged_in_before=True).ok
-    assert [c for c in world.mt5.calls if c in ("initialize", "login")] == ["initialize", "login"]
+    assert _logins(world) == ["initialize", "login", "login"]
+    # initialize() never carries the credentials: the password went to login() only.
+    assert world.mt5.submissions == [Submission("login", LOGIN, SERVER)] * 2
 
 
-def test_login_after_stop_initializes_again(world: World) -> None:
+def test_login_after_stop_attaches_again(world: World) -> None:
     assert world.login().ok
     world.broker.stop(world.id)
     assert world.login(logged_in_before=True).ok
-    assert [c for c in world.mt5.calls if c in ("initialize", "login", "shutdown")] == [
-        "initialize",
-        "shutdown",
-        "initialize",
-    ]
+    assert _logins(world) == ["initialize", "login", "shutdown", "initialize", "login"]
 
 
 def test_the_report_covers_every_res_code() -> None:
@@ -119,22 +137,28 @@ def test_every_res_code_maps_to_its_reason(world: World, name: str, path: str) -
     assert result.message.startswith(f"message for {name}")
 
 
-def test_after_a_network_failure_the_next_login_initializes(world: World) -> None:
+def test_after_a_network_failure_the_next_login_attaches_first(world: World) -> None:
     assert world.login().ok
     world.mt5.fail_logins(-10004, "No IPC connection")
     assert world.login(logged_in_before=True).reason is Reason.NETWORK
     assert world.login(logged_in_before=True).ok
-    assert [c for c in world.mt5.calls if c in ("initialize", "login")][-1] == "initialize"
+    assert _logins(world)[-2:] == ["initialize", "login"]
 
 
-def test_a_crashed_terminal_is_initialized_again(world: World) -> None:
+def test_a_crashed_terminal_is_attached_again(world: World) -> None:
     assert world.login().ok
     world.mt5.crash()
     assert world.login(logged_in_before=True).ok
-    assert [c for c in world.mt5.calls if c in ("initialize", "login")] == [
-        "initialize",
-        "initialize",
-    ]
+    assert _logins(world) == ["initialize", "login", "initialize", "login"]
+
+
+def test_an_attach_that_fails_sends_no_password(world: World) -> None:
+    world.mt5.fail_initialize(-10005, "IPC timeout")
+    result = world.login()
+    assert (result.reason, result.code) == (Reason.NETWORK, -10005)
+    world.mt5.fail_initialize(-6, "Terminal: Authorization failed")  # its own saved account
+    assert world.login(logged_in_before=True).reason is Reason.TERMINAL  # never a password try
+    assert world.mt5.submissions == []
 
 
 def test_terminal_not_found_is_terminal(world: World) -> None:
@@ -186,18 +210,28 @@ def test_account_disabled_in_the_message_alone_is_banned(world: World) -> None:
     assert world.login().reason is Reason.ACCOUNT_BANNED
 
 
-def test_the_journal_is_found_through_the_configured_path_when_the_terminal_is_down(
-    tmp_path: Path,
-) -> None:
-    # initialize() refused: no terminal_info(), so only data_paths leads to the journal.
-    w = World(tmp_path)
-    w.mt5.delete_account(LOGIN)
-    assert w.login(logged_in_before=True).reason is Reason.ACCOUNT_CLOSED
-    assert w.mt5.terminal_info() is None
-    unconfigured = MT5Broker({"acc-2": FakeMetaTrader5(data_path=w.data_path)})
-    other = unconfigured._modules["acc-2"]
+class _UnderWine(FakeMetaTrader5):
+    """A terminal whose own data path is a Wine path, meaningless on this machine."""
+
+    def terminal_info(self) -> TerminalInfo | None:
+        info = super().terminal_info()
+        return None if info is None else info._replace(data_path=WINE_DATA_PATH)
+
+
+WINE_DATA_PATH = r"C:\users\bot\AppData\Roaming\MetaQuotes\Terminal\D0E8209F77C8CF37"
+
+
+def test_the_journal_is_found_through_the_configured_path(tmp_path: Path) -> None:
+    # The terminal's own data_path is not a folder here: only data_paths leads to it.
+    mt5 = _UnderWine(data_path=tmp_path)
+    mt5.add_account(LOGIN, PASSWORD, SERVER)
+    mt5.delete_account(LOGIN)
+    configured = MT5Broker({"acc-1": mt5}, data_paths={"acc-1": tmp_path}, sleep=lambda _: None)
+    assert configured.login("acc-1", CREDS, logged_in_before=True).reason is Reason.ACCOUNT_CLOSED
+    other = _UnderWine(data_path=tmp_path / "other")
     other.add_account(LOGIN, PASSWORD, SERVER)
     other.delete_account(LOGIN)
+    unconfigured = MT5Broker({"acc-2": other}, sleep=lambda _: None)
     result = unconfigured.login("acc-2", CREDS, logged_in_before=True)
     assert result.reason is Reason.AUTH_FAILED  # no journal reachable: never a closure
 
@@ -310,7 +344,7 @@ def test_restart_shuts_down_and_initializes(world: World) -> None:
     assert world.mt5.calls[-2:] == ["shutdown", "initialize"]
     assert world.broker.status(world.id) is TerminalStatus.CONNECTED  # logged in as before
     assert world.login(logged_in_before=True).ok
-    assert world.mt5.calls[-1] == "login"
+    assert world.mt5.calls[-2:] == ["login", "account_info"]
 
 
 def test_restart_raises_when_the_terminal_does_not_start(world: World) -> None:

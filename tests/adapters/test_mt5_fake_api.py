@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,8 +23,9 @@ import pytest
 
 from mt5lifecycle.adapters.mt5 import broker as adapter
 from mt5lifecycle.adapters.mt5 import classify as mt5_classify
+from mt5lifecycle.adapters.mt5 import history as mt5_history
 from mt5lifecycle.testing import fake_mt5
-from mt5lifecycle.testing.fake_mt5 import SCRIPTING_API, FakeMetaTrader5
+from mt5lifecycle.testing.fake_mt5 import SCRIPTING_API, FakeMetaTrader5, Submission
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -230,6 +232,22 @@ def test_the_adapter_constants_are_the_packages(reference: dict[str, Any]) -> No
     } == mt5_classify.NETWORK_CODES
     # SYMBOL_FILLING_* are MQL5's, not the package's: make sure that is still so.
     assert "SYMBOL_FILLING_FOK" not in constants
+    for name in [
+        "TRADE_RETCODE_DONE",
+        "TRADE_RETCODE_DONE_PARTIAL",
+        "DEAL_ENTRY_IN",
+        "DEAL_ENTRY_OUT",
+        "DEAL_ENTRY_INOUT",
+        "DEAL_ENTRY_OUT_BY",
+        "ORDER_STATE_CANCELED",
+        "ORDER_STATE_PARTIAL",
+        "ORDER_STATE_FILLED",
+        "ORDER_STATE_REJECTED",
+        "ORDER_STATE_EXPIRED",
+    ]:
+        assert getattr(mt5_history, name) == constants[name], name
+    reasons = {v: k for k, v in constants.items() if k.startswith("DEAL_REASON_")}
+    assert set(mt5_history._DEAL_REASONS) == set(reasons)
 
 
 def test_the_fake_speaks_the_terminals_words(reference: dict[str, Any]) -> None:
@@ -273,3 +291,110 @@ def test_the_packages_own_helpers_work_on_the_fake() -> None:
     assert mt5.Close("EURUSD") is True
     assert mt5.positions_total() == 0
     assert bought._asdict()["request"].action == mt5.TRADE_ACTION_DEAL
+
+
+# -- the fake's own scripting -------------------------------------------------------------
+
+
+def _logged_in() -> FakeMetaTrader5:
+    mt5 = FakeMetaTrader5()
+    mt5.add_account(1, "pw", "S")
+    assert mt5.initialize(login=1, password="pw", server="S")
+    return mt5
+
+
+def test_the_history_answers_the_packages_three_call_shapes() -> None:
+    mt5 = _logged_in()
+    mt5.set_symbol("EURUSD", bid=1.1, ask=1.1002)
+    mt5.open_position(7001, "EURUSD", 1.0)
+    mt5.open_position(7002, "GBPUSD", 1.0)
+    mt5.close_by_broker(7001, reason=mt5.DEAL_REASON_TP)
+    deals = mt5.history_deals_get(position=7001) or ()
+    assert [(d.entry, d.volume, d.reason) for d in deals] == [
+        (mt5.DEAL_ENTRY_IN, 1.0, mt5.DEAL_REASON_EXPERT),
+        (mt5.DEAL_ENTRY_OUT, 1.0, mt5.DEAL_REASON_TP),
+    ]
+    [by_ticket] = mt5.history_deals_get(ticket=deals[1].ticket) or ()
+    assert by_ticket == deals[1]
+    everything = mt5.history_deals_get(0, 2**31)
+    assert everything is not None and len(everything) == 3
+    assert len(mt5.history_deals_get(0, 2**31, group="*,!GBP*") or ()) == 2
+    assert mt5.history_deals_total(0, 2**31) == 3
+    assert mt5.history_deals_get() is None
+    assert mt5.last_error() == (-2, "Terminal: Invalid params")
+    mt5.pending_order(8001, "EURUSD")
+    mt5.pending_order(8002, "EURUSD")
+    assert mt5.order_send({"action": mt5.TRADE_ACTION_REMOVE, "order": 8001}) is not None
+    mt5.fill_order(8002)
+    states = {o.ticket: o.state for o in mt5.history_orders_get(0, 2**31) or ()}
+    assert states[8001] == mt5.ORDER_STATE_CANCELED and states[8002] == mt5.ORDER_STATE_FILLED
+    assert [p.ticket for p in mt5.positions_get() or ()] == [7002, 8002]
+    mt5.crash()
+    assert mt5.history_orders_get(ticket=8001) is None
+
+
+def test_delays_and_hangs_are_for_the_modules_functions_only() -> None:
+    mt5 = FakeMetaTrader5()
+    for name in ("add_account", "nothing", "_now"):
+        with pytest.raises(ValueError, match="not a function"):
+            mt5.hang(name)
+    with pytest.raises(ValueError, match="times"):
+        mt5.delay("login", 1.0, times=0)
+    with pytest.raises(ValueError, match="seconds"):
+        mt5.delay("login", -1.0)
+    mt5.delay("positions_get", 0.0)
+    # The held function keeps the package's signature, and other fakes are untouched.
+    assert inspect.signature(mt5.positions_get) == inspect.signature(
+        FakeMetaTrader5().positions_get
+    )
+    assert "positions_get" not in vars(FakeMetaTrader5())
+
+
+def test_a_hang_holds_until_released_or_crashed() -> None:
+    mt5 = _logged_in()
+    held = mt5.hang("terminal_info")
+    answers: list[object] = []
+    caller = threading.Thread(target=lambda: answers.append(mt5.terminal_info()))
+    caller.start()
+    assert held.entered.wait(5)
+    assert answers == []
+    mt5.crash()  # the terminal process dies: the stuck call returns, with nothing
+    caller.join(5)
+    assert answers == [None]
+    late = mt5.delay("version", 10.0)
+    late.release()
+    assert mt5.version() is None  # released before it began: no wait at all
+
+
+def test_submissions_count_passwords_without_keeping_them() -> None:
+    mt5 = FakeMetaTrader5()
+    mt5.add_account(1, "secret-pw", "S")
+    mt5.initialize()
+    mt5.login(1, server="S")  # the saved password: nothing handed over
+    mt5.login(1, password="secret-pw", server="S")
+    mt5.initialize(login=1, password="wrong", server="S")
+    assert mt5.submissions == [Submission("login", 1, "S"), Submission("initialize", 1, "S")]
+    assert "secret-pw" not in repr(mt5.submissions)
+
+
+def test_a_cross_wired_terminal_names_another_account() -> None:
+    mt5 = _logged_in()
+    mt5.cross_wire(777)
+    info = mt5.account_info()
+    assert info is not None and (info.login, info.server) == (777, "S")
+    mt5.cross_wire(777, "Other")
+    info = mt5.account_info()
+    assert info is not None and info.server == "Other"
+    mt5.cross_wire(None)
+    info = mt5.account_info()
+    assert info is not None and info.login == 1
+
+
+def test_a_held_journal_is_written_when_flushed(tmp_path: Path) -> None:
+    mt5 = FakeMetaTrader5(data_path=tmp_path)
+    mt5.hold_journal()
+    mt5.write_journal("late line")
+    assert not (tmp_path / "logs").exists()
+    mt5.flush_journal()
+    [journal] = (tmp_path / "logs").iterdir()
+    assert "late line" in journal.read_text("utf-16")

@@ -38,6 +38,9 @@ from mt5lifecycle.ports import CredentialStore
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
+MIGRATIONS = [(1, "credentials table"), (2, "known-bad credentials")]
+
+
 def _create_database(prefix: str = "mt5l_test") -> str:
     name = f"{prefix}_{uuid.uuid4().hex}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
@@ -200,7 +203,7 @@ def test_migration_runs_once_and_twice_is_harmless(conninfo: str, schema: str, k
     with PostgresCredentialStore(conninfo, keys=key, schema=schema) as second:
         assert second.migrate() == SCHEMA_VERSION
         assert second.get("acct-1") == CREDS
-    assert _migrations(conninfo, schema) == [(1, "credentials table")]
+    assert _migrations(conninfo, schema) == MIGRATIONS
 
 
 def test_concurrent_migrations_from_several_threads_are_safe(
@@ -224,7 +227,7 @@ def test_concurrent_migrations_from_several_threads_are_safe(
         for t in threads:
             t.join()
         assert errors == []
-        assert _migrations(conninfo, schema) == [(1, "credentials table")]
+        assert _migrations(conninfo, schema) == MIGRATIONS
         assert all(stores[0].get(f"acct-{n}") == CREDS for n in range(len(stores)))
     finally:
         for s in stores:

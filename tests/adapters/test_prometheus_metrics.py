@@ -15,13 +15,22 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from mt5lifecycle import Backends, Credentials, Lifecycle
+from mt5lifecycle import Backends, Credentials, Fleet, Lifecycle
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
+from mt5lifecycle.builtin.memory import MemoryStateStore
+from mt5lifecycle.core.health import FleetHealth, Health
 from mt5lifecycle.core.records import Notification
 from mt5lifecycle.core.states import AlertKind, Reason, State
 from mt5lifecycle.errors import InvalidInstanceId
-from mt5lifecycle.ports import Metrics
-from mt5lifecycle.testing import FakeBroker, memory_backends, run_for
+from mt5lifecycle.ports import (
+    DeliveryMetrics,
+    HealthMetrics,
+    Metrics,
+    Notifier,
+    ScheduleMetrics,
+    ServerMetrics,
+)
+from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
 
 P = "mt5lifecycle_"
 
@@ -74,8 +83,43 @@ def exercise(metrics: PrometheusMetrics, instance_id: str = "acc-1") -> None:
     metrics.transition(instance_id, State.INACTIVE, None, None)
 
 
+def health_of(instance_id: str, *, connected: bool = True, age: float | None = 5.0) -> Health:
+    up = 1.0 if connected else 0.0
+    return Health(
+        instance_id=instance_id,
+        healthy=connected,
+        connected=connected,
+        identity_verified=True if connected else None,
+        last_check_age=age,
+        reason=None if connected else Reason.NETWORK,
+        uptime_5m=up,
+        uptime_1h=up,
+        uptime_1d=up,
+    )
+
+
+def fleet_health(*reports: Health) -> FleetHealth:
+    count = len(reports) or 1
+    return FleetHealth(
+        instances=len(reports),
+        connected=sum(r.connected for r in reports),
+        healthy=sum(r.healthy for r in reports),
+        unhealthy=tuple(r for r in reports if not r.healthy),
+        uptime_5m=sum(r.uptime_5m for r in reports) / count,
+        uptime_1h=sum(r.uptime_1h for r in reports) / count,
+        uptime_1d=sum(r.uptime_1d for r in reports) / count,
+    )
+
+
 def test_it_is_a_metrics_port(metrics: PrometheusMetrics) -> None:
     assert isinstance(metrics, Metrics)
+
+
+def test_it_has_every_optional_metrics_capability(metrics: PrometheusMetrics) -> None:
+    # The runtime feeds only the capabilities it finds (ports.py): one missing would
+    # leave its series at zero without a word.
+    for capability in (DeliveryMetrics, HealthMetrics, ScheduleMetrics, ServerMetrics):
+        assert isinstance(metrics, capability), capability.__name__
 
 
 def test_bounded_label_values_start_at_zero(
@@ -89,6 +133,13 @@ def test_bounded_label_values_start_at_zero(
         assert value(registry, "login_attempts_total", result=result) == 0
     for name in ("login_exhaustions", "restarts", "account_closures", "credential_deletions"):
         assert value(registry, name + "_total") == 0
+    for kind in AlertKind:
+        assert value(registry, "notifications_set_aside_total", kind=kind.value) == 0
+    for window in ("5m", "1h", "1d"):
+        assert value(registry, "uptime_ratio", window=window) == 0
+    assert value(registry, "schedule_lag_seconds_count") == 0
+    assert value(registry, "instances_healthy") == 0
+    assert value(registry, "instances_connected") == 0
     assert value(registry, "exporter_info", per_instance="true") == 1
 
 
@@ -215,6 +266,92 @@ def test_errors_count_by_component(registry: CollectorRegistry, metrics: Prometh
     assert value(registry, "errors_total", component="StoreUnavailable") == 1
 
 
+def test_set_aside_notifications_count_by_kind(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    metrics.set_aside(note(AlertKind.ACCOUNT_CLOSED))
+    metrics.set_aside(note(AlertKind.ACCOUNT_CLOSED, "acc-2"))
+    metrics.set_aside(note(AlertKind.LOGIN_FAILURE))
+    assert value(registry, "notifications_set_aside_total", kind="ACCOUNT_CLOSED") == 2
+    assert value(registry, "notifications_set_aside_total", kind="LOGIN_FAILURE") == 1
+    assert value(registry, "notifications_set_aside_total", kind="LOGIN_RECOVERED") == 0
+    # Set aside is not raised: the alert counter counted it when it was decided.
+    assert value(registry, "alerts_total", kind="ACCOUNT_CLOSED") == 0
+
+
+def test_lag_is_a_histogram_of_seconds_and_early_is_on_time(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    for seconds in (0.0, 0.003, 0.7, 4.0, 90.0, -2.0):
+        metrics.lag(seconds)
+    assert value(registry, "schedule_lag_seconds_count") == 6
+    assert value(registry, "schedule_lag_seconds_sum") == pytest.approx(94.703)
+    assert value(registry, "schedule_lag_seconds_bucket", le="0.01") == 3
+    assert value(registry, "schedule_lag_seconds_bucket", le="1.0") == 4
+    assert value(registry, "schedule_lag_seconds_bucket", le="5.0") == 5
+    assert value(registry, "schedule_lag_seconds_bucket", le="60.0") == 5
+    assert value(registry, "schedule_lag_seconds_bucket", le="+Inf") == 6
+
+
+def test_a_server_is_shown_down_then_up(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    metrics.server("broker-live", False)
+    metrics.server("other-server", False)
+    metrics.server("broker-live", True)
+    assert value(registry, "broker_server_down", server="broker-live") == 1
+    assert value(registry, "broker_server_down", server="other-server") == 0
+    metrics.server("broker-live", False)
+    assert value(registry, "broker_server_down", server="broker-live") == 0
+    # One series per server, whatever the number of accounts on it.
+    servers = [s for s in samples(registry) if s[0] == P + "broker_server_down"]
+    assert len(servers) == 2
+
+
+@pytest.mark.parametrize("per_instance", [True, False])
+def test_the_fleets_health_sets_the_fleet_gauges(
+    registry: CollectorRegistry, per_instance: bool
+) -> None:
+    metrics = PrometheusMetrics(registry, per_instance=per_instance)
+    reports = [health_of("acc-1"), health_of("acc-2"), health_of("acc-3", connected=False)]
+    metrics.health(fleet_health(*reports))
+    assert value(registry, "instances_healthy") == 2
+    assert value(registry, "instances_connected") == 2
+    for window in ("5m", "1h", "1d"):
+        assert value(registry, "uptime_ratio", window=window) == pytest.approx(2 / 3)
+    metrics.instance_health(reports)
+    per = value(registry, "instance_uptime_ratio", instance_id="acc-3", window="1h")
+    assert per == (0.0 if per_instance else None)
+
+
+def test_instance_health_follows_the_instances_reported(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    metrics.instance_health([health_of("acc-1", age=12.5), health_of("acc-2", connected=False)])
+    assert value(registry, "instance_uptime_ratio", instance_id="acc-1", window="5m") == 1
+    assert value(registry, "instance_uptime_ratio", instance_id="acc-2", window="1d") == 0
+    assert value(registry, "instance_last_check_age_seconds", instance_id="acc-1") == 12.5
+    # An instance no longer reported (dropped from the fleet, its lease lost) goes.
+    metrics.instance_health([health_of("acc-1", age=None)])
+    assert value(registry, "instance_uptime_ratio", instance_id="acc-2", window="1d") is None
+    assert value(registry, "instance_last_check_age_seconds", instance_id="acc-2") is None
+    # Never checked: no age rather than a made-up one; the last one known stays.
+    assert value(registry, "instance_last_check_age_seconds", instance_id="acc-1") == 12.5
+
+
+def test_a_gone_instance_takes_its_health_series_with_it(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    metrics.transition("acc-1", None, State.CONNECTING, None)
+    metrics.instance_health([health_of("acc-1"), health_of("acc-2")])
+    metrics.transition("acc-1", State.INACTIVE, None, None)
+    ids = {labels.get("instance_id") for _, labels, _ in samples(registry)}
+    assert "acc-1" not in ids, "before the fleet's next health report, too"
+    assert "acc-2" in ids
+    metrics.instance_health([health_of("acc-2")])
+    assert value(registry, "instance_uptime_ratio", instance_id="acc-2", window="5m") == 1
+
+
 def test_a_gone_instance_leaves_no_series(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
@@ -232,17 +369,28 @@ def test_without_per_instance_series_no_sample_has_an_instance_label(
     registry: CollectorRegistry,
 ) -> None:
     metrics = PrometheusMetrics(registry, per_instance=False)
-    for i in range(50):
-        exercise(metrics, f"acc-{i}")
-        metrics.transition(f"live-{i}", None, State.CONNECTING, None)
+
+    def fleet_of(first: int, count: int) -> None:
+        ids = [f"live-{i}" for i in range(first, first + count)]
+        for instance_id in ids:
+            exercise(metrics, f"acc-{instance_id}")
+            metrics.transition(instance_id, None, State.CONNECTING, None)
+            metrics.set_aside(note(AlertKind.LOGIN_FAILURE, instance_id))
+            metrics.lag(0.2)
+        metrics.health(fleet_health(*(health_of(i) for i in ids)))
+        metrics.instance_health(health_of(i) for i in ids)
+
+    fleet_of(0, 50)
     found = list(samples(registry))
     assert found
     assert not [s for s in found if "instance_id" in s[1]]
     assert value(registry, "exporter_info", per_instance="false") == 1
     assert value(registry, "instances", state="CONNECTING") == 50
     assert value(registry, "credential_deletions_total") == 50
-    # Series are bounded by the vocabulary, not by the 100 instances seen.
-    assert len(found) < 100
+    # Series are bounded by the vocabulary, not by the instances seen: 500 more
+    # instances add none.
+    fleet_of(50, 500)
+    assert len(list(samples(registry))) == len(found)
 
 
 def test_an_invalid_instance_id_is_refused_and_changes_nothing(
@@ -404,6 +552,9 @@ def test_a_lifecycle_from_exhaustion_to_deletion(
         labels = {"instance_id": "acc-1", "state": "FAILED", "reason": "LOGIN_ATTEMPTS_EXHAUSTED"}
         assert value(registry, "instance_state", **labels) == 1
 
+    # Unchanged credentials that exhausted their attempts are refused (SPEC 15):
+    # the right password is stored, then the instance reset.
+    backends.credentials.put("acc-1", Credentials(12345, "Demo-Server", "n3w-s3cret"))
     lifecycle.reset()
     run_for(lifecycle, backends.clock, 60)
     assert state_of(lifecycle) is State.CONNECTED
@@ -419,6 +570,7 @@ def test_a_lifecycle_from_exhaustion_to_deletion(
     assert {value(registry, "instances", state=s.value) for s in State} == {0}
     assert not [s for s in samples(registry) if "instance_id" in s[1]]
     assert "s3cret" not in repr(list(samples(registry)))
+    assert "n3w-s3cret" not in repr(list(samples(registry)))
 
 
 def test_a_resumed_instance_is_exported_in_its_stored_state(registry: CollectorRegistry) -> None:
@@ -433,3 +585,194 @@ def test_a_resumed_instance_is_exported_in_its_stored_state(registry: CollectorR
     labels = {"instance_id": "acc-1", "state": "FAILED", "reason": "LOGIN_ATTEMPTS_EXHAUSTED"}
     assert value(registry, "instance_state", **labels) == 1
     assert value(registry, "instances", state="FAILED") == 1
+
+
+# --- a real Fleet: health, set-aside notifications, lag, broker servers ------------
+
+
+class ChannelDown:
+    """A notifier whose channel never takes anything (the SMTP server refuses)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def notify(self, notification: Notification) -> None:
+        self.tries += 1
+        raise ConnectionError("the mail server refused the connection")
+
+
+def fleet_on(
+    registry: CollectorRegistry,
+    servers: dict[str, str],
+    per_instance: bool = True,
+    notifier: Notifier | None = None,
+) -> tuple[Fleet, Backends, FakeBroker, FakeClock]:
+    """A one-worker ``Fleet`` on ``memory_backends``; ``servers`` maps ids to servers."""
+    base = memory_backends()
+    assert isinstance(base.broker, FakeBroker)
+    assert isinstance(base.clock, FakeClock)
+    backends = attrs.evolve(
+        base,
+        metrics=PrometheusMetrics(registry, per_instance=per_instance),
+        notifier=base.notifier if notifier is None else notifier,
+    )
+    for n, (instance_id, server) in enumerate(servers.items()):
+        backends.credentials.put(instance_id, Credentials(1000 + n, server, "s3cret"))
+    return Fleet(backends, workers=1), backends, base.broker, base.clock
+
+
+@pytest.mark.parametrize("per_instance", [True, False])
+def test_a_fleet_exports_its_health_once_per_check_interval(
+    registry: CollectorRegistry, per_instance: bool
+) -> None:
+    fleet, _, broker, clock = fleet_on(
+        registry, {"ok-1": "Demo", "ok-2": "Demo", "bad-1": "Demo"}, per_instance
+    )
+    broker.fail_logins("bad-1", Reason.AUTH_FAILED)
+    fleet.add_many(["ok-1", "ok-2", "bad-1"])
+    run_for(fleet, clock, 30)
+    # Not yet reported: the first report follows a connection_check_interval.
+    assert value(registry, "instances_healthy") == 0
+    run_for(fleet, clock, 10 * 60)
+    report = fleet.health()
+    assert isinstance(report, FleetHealth)
+    assert (report.healthy, report.connected) == (2, 2)
+    assert value(registry, "instances_healthy") == report.healthy
+    assert value(registry, "instances_connected") == report.connected
+    assert value(registry, "uptime_ratio", window="5m") == pytest.approx(2 / 3)
+    if per_instance:
+        assert value(registry, "instance_uptime_ratio", instance_id="ok-1", window="5m") == 1
+        assert value(registry, "instance_uptime_ratio", instance_id="bad-1", window="1h") == 0
+        age = value(registry, "instance_last_check_age_seconds", instance_id="ok-1")
+        assert age is not None and 0 <= age <= fleet.policy.connection_check_interval
+        # Never connected, never checked: no age.
+        assert value(registry, "instance_last_check_age_seconds", instance_id="bad-1") is None
+    else:
+        assert not [s for s in samples(registry) if "instance_id" in s[1]]
+    assert "s3cret" not in repr(list(samples(registry)))
+
+
+def test_a_fleet_whose_channel_is_down_counts_what_it_sets_aside(
+    registry: CollectorRegistry,
+) -> None:
+    channel = ChannelDown()
+    fleet, backends, broker, clock = fleet_on(registry, {"acc-1": "Demo"}, notifier=channel)
+    broker.fail_logins("acc-1", Reason.AUTH_FAILED, times=5)
+    fleet.add("acc-1")
+    run_for(fleet, clock, 30 * 60)
+    # REPEATED_LOGIN_FAILURE and LOGIN_FAILURE, each tried max_delivery_attempts times.
+    attempts = fleet.policy.max_delivery_attempts
+    assert channel.tries == 2 * attempts
+    assert value(registry, "notifications_set_aside_total", kind="LOGIN_FAILURE") == 1
+    assert value(registry, "notifications_set_aside_total", kind="REPEATED_LOGIN_FAILURE") == 1
+    assert value(registry, "alerts_total", kind="LOGIN_FAILURE") == 1
+    state = backends.state
+    assert isinstance(state, MemoryStateStore)
+    kinds = sorted(a.notification.kind.value for a in state.set_aside_notifications())
+    assert kinds == ["LOGIN_FAILURE", "REPEATED_LOGIN_FAILURE"]
+
+
+def test_a_fleet_that_falls_behind_reports_how_late_its_steps_ran(
+    registry: CollectorRegistry,
+) -> None:
+    ids = {f"acc-{i}": "Demo" for i in range(5)}
+    fleet, _, _, clock = fleet_on(registry, ids)
+    fleet.add_many(ids)
+    run_for(fleet, clock, 5 * 60)
+    on_time = value(registry, "schedule_lag_seconds_count")
+    assert on_time and value(registry, "schedule_lag_seconds_bucket", le="0.01") == on_time
+    # The process stalls for 45 s (a suspended VM, a host out of CPU): the checks
+    # due meanwhile run when it comes back, late.
+    due = fleet.next_due
+    assert due is not None
+    clock.advance_to(due + 45)
+    fleet.run_due()
+    late = value(registry, "schedule_lag_seconds_count")
+    assert late == on_time + len(ids)
+    assert value(registry, "schedule_lag_seconds_bucket", le="30.0") == on_time
+    assert value(registry, "schedule_lag_seconds_bucket", le="60.0") == late
+    assert value(registry, "schedule_lag_seconds_sum") == pytest.approx(45 * len(ids))
+
+
+def two_workers(
+    registries: tuple[CollectorRegistry, CollectorRegistry],
+) -> tuple[list[Fleet], FakeBroker, FakeClock, dict[int, list[str]]]:
+    """Two workers sharing one state store: three accounts each on Broker-Live, one on
+    Other. Threshold and window are the Policy's defaults (5 within 60 s)."""
+    base = memory_backends()
+    assert isinstance(base.broker, FakeBroker)
+    assert isinstance(base.clock, FakeClock)
+    ids = {k: [f"w{k}-live-{i}" for i in range(3)] for k in (1, 2)}
+    fleets = []
+    for k, registry in zip((1, 2), registries, strict=True):
+        backends = attrs.evolve(base, metrics=PrometheusMetrics(registry))
+        for n, instance_id in enumerate(ids[k]):
+            backends.credentials.put(instance_id, Credentials(k * 100 + n, "Broker-Live", "pw"))
+        backends.credentials.put(f"w{k}-other", Credentials(k * 100 + 9, "Other", "pw"))
+        fleet = Fleet(backends, workers=1)
+        fleet.add_many([*ids[k], f"w{k}-other"])
+        fleets.append(fleet)
+    return fleets, base.broker, base.clock, ids
+
+
+class Both:
+    def __init__(self, fleets: list[Fleet]) -> None:
+        self.fleets = fleets
+
+    @property
+    def next_due(self) -> float | None:
+        due = [d for d in (f.next_due for f in self.fleets) if d is not None]
+        return min(due) if due else None
+
+    def run_due(self) -> float | None:
+        for fleet in self.fleets:
+            fleet.run_due()
+        return self.next_due
+
+
+def test_a_broker_server_outage_shows_in_every_worker_then_clears() -> None:
+    registries = (CollectorRegistry(), CollectorRegistry())
+    fleets, broker, clock, _ = two_workers(registries)
+    both = Both(fleets)
+    run_for(both, clock, 90)
+    for registry in registries:
+        assert value(registry, "broker_server_down", server="broker-live") == 0
+        assert value(registry, "broker_server_down", server="other") == 0
+    broker.server_down("Broker-Live")
+    run_for(both, clock, 60)
+    # The 5th of 6 failures within the window took the server down; each worker
+    # shows it at its next look, and the other server stays up.
+    for registry in registries:
+        assert value(registry, "broker_server_down", server="broker-live") == 1
+        assert value(registry, "broker_server_down", server="other") == 0
+    run_for(both, clock, 5 * 60)
+    for registry in registries:
+        assert value(registry, "broker_server_down", server="broker-live") == 1
+    broker.server_up("Broker-Live")
+    run_for(both, clock, 2 * fleets[0].policy.server_probe_interval)
+    for registry in registries:
+        assert value(registry, "broker_server_down", server="broker-live") == 0
+    down = sum(value(r, "alerts_total", kind="BROKER_SERVER_DOWN") or 0 for r in registries)
+    recovered = sum(
+        value(r, "alerts_total", kind="BROKER_SERVER_RECOVERED") or 0 for r in registries
+    )
+    assert (down, recovered) == (1, 1)
+    assert all(f[i].state is State.CONNECTED for f in fleets for i in f)
+
+
+def test_terminals_that_reconnect_by_themselves_end_the_outage() -> None:
+    registries = (CollectorRegistry(), CollectorRegistry())
+    fleets, broker, clock, ids = two_workers(registries)
+    both = Both(fleets)
+    run_for(both, clock, 90)
+    broker.server_down("Broker-Live")
+    run_for(both, clock, 35)
+    assert max(value(r, "broker_server_down", server="broker-live") or 0 for r in registries) == 1
+    # Back before the reconnect checks: each terminal is connected when next asked.
+    broker.server_up("Broker-Live")
+    for instance_id in ids[1] + ids[2]:
+        broker.restore_connection(instance_id)
+    run_for(both, clock, 10 * 60)
+    assert all(f[i].state is State.CONNECTED for f in fleets for i in f)
+    for registry in registries:
+        assert value(registry, "broker_server_down", server="broker-live") == 0

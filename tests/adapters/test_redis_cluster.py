@@ -1,8 +1,9 @@
 """RedisStateStore on a real Redis Cluster: three private, throwaway nodes.
 
-The hash tag must keep each instance's keys on one node, every script must run
-there, and the pipelined calls (which redis-py refuses to pipeline through a cluster
-client) must reach every node.
+The hash tag must keep each instance's keys (its outbox included) on one node, every
+script must run there, and the pipelined calls (which redis-py refuses to pipeline
+through a cluster client) must reach every node. A broker server's keys share a hash
+tag of their own.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from mt5lifecycle.adapters._archive_codec import entry_id
 from mt5lifecycle.adapters.redis import KEY_SUFFIXES, RedisStateStore
+from mt5lifecycle.core.answers import Account, Ticket
 from mt5lifecycle.core.snapshot import Snapshot, utc
 from mt5lifecycle.core.states import Due, Reason, State
 from mt5lifecycle.errors import ConcurrentUpdate, LockLost
-from mt5lifecycle.ports import Stored
+from mt5lifecycle.ports import Commit, Outbox, Stored
+from tests.adapters.test_redis_outbox import notification, transition
 
 NODES = 3
 SLOTS = 16384
@@ -31,8 +35,12 @@ SNAPSHOT = Snapshot(
     login_attempt_count=1,
     last_login_attempt=utc(1767225605.25),
     login_failure_reason=Reason.AUTH_FAILED,
+    last_failure_reason=Reason.NETWORK,
     next_due=1767225610.25,
     due=Due.LOGIN,
+    account=Account(5550001, "Broker-Demo"),
+    tickets=(Ticket(kind="position", ticket=90001, symbol="EURUSD", volume=0.5),),
+    forced_try=True,
 )
 
 
@@ -141,14 +149,25 @@ def client(cluster: list[int]) -> Iterator[Any]:
 
 def test_one_instance_s_keys_live_on_one_node(client: Any) -> None:
     store = RedisStateStore(client, prefix="instance_state", cluster=True)
-    store.commit("acct-1", SNAPSHOT, expected_version=0)
+    aside = notification("acct-1")
+    store.commit(
+        "acct-1",
+        SNAPSHOT,
+        expected_version=0,
+        outbox=[aside, notification("acct-1"), transition("acct-1")],
+    )
+    store.set_aside("acct-1", aside.id, "refused")
     assert store.acquire_lock("acct-1", 30.0) is not None
 
-    slots = {client.keyslot(store.key("acct-1", suffix)) for suffix in KEY_SUFFIXES}
+    keys = [store.key("acct-1", suffix) for suffix in KEY_SUFFIXES]
+    slots = {client.keyslot(key) for key in keys}
 
     assert len(slots) == 1
+    assert all(client.exists(key) for key in keys)  # every one of them written
     assert client.get("instance_state:{acct-1}:status") == b"CONNECTING"
-    assert store.load("acct-1") == Stored(SNAPSHOT, 1)
+    assert store.load("acct-1") == Stored(SNAPSHOT, 1, pending=2)
+    assert store.redeliver("acct-1") == 1
+    assert store.load("acct-1") == Stored(SNAPSHOT, 2, pending=3)
 
 
 def test_every_method_works_across_the_nodes(client: Any) -> None:
@@ -157,12 +176,12 @@ def test_every_method_works_across_the_nodes(client: Any) -> None:
     nodes = {client.get_node_from_key(store.key(i, "status")).name for i in ids}
     assert len(nodes) == NODES
 
-    assert store.commit_many([(i, SNAPSHOT, 0, None) for i in ids]) == [1] * len(ids)
+    assert store.commit_many([Commit(i, SNAPSHOT, 0) for i in ids]) == [1] * len(ids)
     assert sorted(store.ids()) == sorted(ids)
     assert store.load_many(ids) == {i: Stored(SNAPSHOT, 1) for i in ids}
     assert store.versions([*ids, "absent"]) == dict.fromkeys(ids, 1)
 
-    results = store.commit_many([(i, SNAPSHOT, 1 if n % 2 else 0, None) for n, i in enumerate(ids)])
+    results = store.commit_many([Commit(i, SNAPSHOT, 1 if n % 2 else 0) for n, i in enumerate(ids)])
     assert [isinstance(r, ConcurrentUpdate) for r in results] == [n % 2 == 0 for n in range(300)]
 
     lock = store.acquire_lock("acct-7", 30.0)
@@ -173,14 +192,72 @@ def test_every_method_works_across_the_nodes(client: Any) -> None:
     with pytest.raises(LockLost):
         store.commit("acct-7", SNAPSHOT, expected_version=3, lock=lock)
 
-    later = [f"later-{n}" for n in range(60)]
-    answers = store.start_commit_many([(i, SNAPSHOT, 0, None) for i in later])
-    assert answers() == [1] * 60
-    assert store.load_many(later) == {i: Stored(SNAPSHOT, 1) for i in later}
-
-    for i in [*ids, *later]:
+    for i in ids:
         store.delete(i)
     assert list(store.ids()) == []
+
+
+def test_the_outbox_works_across_the_nodes(client: Any) -> None:
+    store = RedisStateStore(client, cluster=True)
+    ids = [f"acct-{n}" for n in range(60)]
+    notes = {i: (notification(i), notification(i)) for i in ids}
+    records = {i: transition(i) for i in ids}
+
+    results = store.commit_many(
+        [Commit(i, SNAPSHOT, 0, outbox=(*notes[i], records[i])) for i in ids]
+    )
+
+    assert results == [1] * len(ids)
+    assert store.outbox(ids) == {i: Outbox(notes[i], (records[i],)) for i in ids}
+    assert {i: s.pending for i, s in store.load_many(ids).items()} == dict.fromkeys(ids, 3)
+
+    store.acknowledge({i: [notes[i][0].id, entry_id(records[i])] for i in ids})
+    assert store.outbox(ids) == {i: Outbox(notes[i][1:]) for i in ids}
+
+    for i in ids[::3]:
+        store.set_aside(i, notes[i][1].id, "refused")
+    aside = store.set_aside_notifications()  # a SCAN of every node
+    assert sorted(s.notification.instance_id for s in aside) == sorted(ids[::3])
+    assert store.set_aside_notifications(ids[:4]) == [
+        aside_of(aside, ids[0]),
+        aside_of(aside, ids[3]),
+    ]
+    assert sum(store.redeliver(i) for i in ids) == len(ids[::3])
+    assert store.set_aside_notifications() == []
+
+    # A purge keeps the outbox on its node.
+    assert store.commit_many([Commit(i, None, 1 if n % 3 else 2) for n, i in enumerate(ids)]) == [
+        2 if n % 3 else 3 for n in range(len(ids))
+    ]
+    assert store.load_many(ids) == {}
+    assert store.outbox(ids) == {i: Outbox(notes[i][1:]) for i in ids}
+    for i in ids:
+        store.delete(i)
+    assert store.outbox(ids) == {}
+
+
+def aside_of(aside: list[Any], instance_id: str) -> Any:
+    (found,) = [s for s in aside if s.notification.instance_id == instance_id]
+    return found
+
+
+def test_a_server_s_keys_share_one_slot_and_its_scripts_run(client: Any) -> None:
+    store = RedisStateStore(client, cluster=True)
+    for server in ("Broker-Demo", "Broker {Live}", "Брокер:2", "€"):
+        token = store.acquire_slot(server, 1, 30.0)
+        assert token is not None
+        assert store.acquire_slot(server, 1, 30.0) is None
+        store.release_slot(server, token)
+        assert store.report_failure(server, "acct-1", 0.0, 60.0) == 1
+        assert store.report_failure(server, "acct-2", 1.0, 60.0) == 2
+        assert store.mark_down(server) is True
+        assert store.is_down(server) is True
+        assert store.probe(server, 1.0, 30.0) is True
+        assert store.probe(server, 2.0, 30.0) is False
+        # Three keys in one script: CROSSSLOT unless they share the server's tag.
+        assert store.mark_up(server) is True
+        assert store.is_down(server) is False
+        assert store.report_failure(server, "acct-3", 2.0, 60.0) == 1
 
 
 def test_scripts_flushed_on_every_node_are_loaded_again(client: Any) -> None:
@@ -189,8 +266,14 @@ def test_scripts_flushed_on_every_node_are_loaded_again(client: Any) -> None:
     store.commit("acct-0", SNAPSHOT, expected_version=0)
 
     client.script_flush()  # every primary
-    assert store.commit_many([(i, SNAPSHOT, 0, None) for i in ids[1:]]) == [1] * 29
+    assert (
+        store.commit_many([Commit(i, SNAPSHOT, 0, outbox=(transition(i),)) for i in ids[1:]])
+        == [1] * 29
+    )
     client.script_flush()  # every primary
     assert len(store.load_many(ids)) == 30
     client.script_flush()  # every primary
     assert store.load("acct-0") == Stored(SNAPSHOT, 1)
+    client.script_flush()  # every primary
+    store.acknowledge({i: [] for i in ids})
+    assert len(store.outbox(ids)) == 29

@@ -7,17 +7,35 @@ client and compares their names and values to the table of SPEC section 5.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import pytest
 import redis
 
-from mt5lifecycle import Backends, Credentials, InvalidTransition, Lifecycle, Reason, State
+from mt5lifecycle import (
+    Backends,
+    Credentials,
+    CredentialsRejected,
+    InvalidTransition,
+    Lifecycle,
+    Reason,
+    State,
+)
 from mt5lifecycle.adapters.redis import RedisStateStore
-from mt5lifecycle.testing import FakeBroker, FakeClock, memory_backends, run_for
+from mt5lifecycle.builtin.memory import MemoryArchive
+from mt5lifecycle.testing import (
+    FakeBroker,
+    FakeClock,
+    RecordingNotifier,
+    memory_backends,
+    run_for,
+)
+from tests.conftest import Switch
 
 SPEC_KEYS = (
     "status",
@@ -107,6 +125,9 @@ def test_start_logs_in_and_is_connected(world: World) -> None:
     }
     assert world.own("ever_logged_in") == "1"
     assert world.own("restart_count") == "0"
+    # The account the terminal said it logged in to, as <login>@<server>.
+    assert world.own("account") == "12345678@Demo-Server"
+    assert world.own("forced_try") == "0"
     assert world.own("version") is not None
     assert world.own("login_lock") is None
     assert_store_matches(world, lifecycle)
@@ -176,21 +197,32 @@ def test_five_auth_failures_end_failed_login_attempts_exhausted(world: World) ->
     assert_store_matches(world, lifecycle)
 
 
-def test_reset_from_failed_logs_in_again(world: World) -> None:
+def test_a_reset_with_the_same_credentials_is_refused_and_a_forced_one_tries_once(
+    world: World,
+) -> None:
     world.broker.fail_logins(ID, Reason.AUTH_FAILED, times=5)
     lifecycle = started(world)
     run_for(lifecycle, world.clock, 300)
     assert world.spec_keys()["status"] == "FAILED"
+    before = {k: world.raw.get(k) for k in world.all_keys()}
 
-    lifecycle.reset()
+    # Known-bad credentials are not tried again (SPEC section 15): nothing is written.
+    with pytest.raises(CredentialsRejected):
+        lifecycle.reset()
+    assert {k: world.raw.get(k) for k in world.all_keys()} == before
+
+    lifecycle.reset(force=True)
+
+    assert world.own("forced_try") == "1"  # the one more try, remembered across a crash
+    assert world.spec_keys()["status"] == "CONNECTING"
     run_for(lifecycle, world.clock, 1)
-
     assert lifecycle.state is State.CONNECTED
     keys = world.spec_keys()
     assert keys["status"] == "CONNECTED"
     assert keys["login_attempt_count"] == "0"
     assert "login_failure_reason" not in keys
     assert keys["last_failure_reason"] == "LOGIN_ATTEMPTS_EXHAUSTED"
+    assert world.own("forced_try") == "0"
     assert world.own("restart_count") == "0"
     assert_store_matches(world, lifecycle)
 
@@ -212,7 +244,7 @@ def test_network_loss_reconnects_by_itself(world: World) -> None:
 
     assert lifecycle.state is State.CONNECTED
     assert world.spec_keys()["connection_state"] == "CONNECTED"
-    assert world.own("due") is None
+    assert world.own("due") == "CHECK"  # the next connection check
     assert_store_matches(world, lifecycle)
 
 
@@ -300,11 +332,11 @@ def test_a_new_lifecycle_resumes_from_redis(world: World) -> None:
 
 def test_a_stale_lifecycle_is_fenced_and_decides_again(world: World) -> None:
     first = connected(world)
-    version = world.own("version")
-    assert version is not None
     second = Lifecycle(ID, world.backends)
     second.start()
     second.terminal_failed()
+    version = world.own("version")
+    assert version is not None
 
     # ``first`` still believes CONNECTED: its write is refused, it reloads, and the
     # event is decided again on FAILED instead of being merged over it.
@@ -313,7 +345,7 @@ def test_a_stale_lifecycle_is_fenced_and_decides_again(world: World) -> None:
     assert first.state is State.INACTIVE
     assert world.spec_keys()["last_failure_reason"] == "MANUAL"
     assert world.own("due") is None
-    assert world.own("version") == str(int(version) + 2)
+    assert world.own("version") == str(int(version) + 1)
     assert_store_matches(world, first)
 
 
@@ -328,3 +360,74 @@ def test_a_stale_lifecycle_is_refused_what_the_new_state_refuses(world: World) -
 
     assert first.state is State.INACTIVE
     assert world.spec_keys()["last_failure_reason"] == "MANUAL"
+
+
+def test_a_closing_plan_is_in_redis_before_its_first_ticket_is_touched(world: World) -> None:
+    lifecycle = connected(world)
+    world.broker.open_position(ID, 501, "EURUSD", 0.3)
+    world.broker.pending_order(ID, 502, "GBPUSD")
+    store = world.backends.state
+    assert isinstance(store, RedisStateStore)
+    written: list[tuple[Any, Any]] = []
+    original = store.commit
+
+    def reading_back(*args: Any, **kwargs: Any) -> int:
+        version = original(*args, **kwargs)
+        written.append((world.own("due"), world.own("tickets")))
+        return version
+
+    store.commit = reading_back  # type: ignore[method-assign]
+    world.broker.close_account(ID)
+    lifecycle.account_closed()
+    del store.commit
+
+    plans = [json.loads(t) if t is not None else None for _, t in written]
+    assert [due for due, _ in written] == ["CLOSE_TRADES", "SETTLE_TRADE", "SETTLE_TRADE", None]
+    assert plans == [
+        None,
+        [
+            {"kind": "position", "ticket": 501, "symbol": "EURUSD", "volume": 0.3},
+            {"kind": "order", "ticket": 502, "symbol": "GBPUSD", "volume": 0.0},
+        ],
+        [{"kind": "order", "ticket": 502, "symbol": "GBPUSD", "volume": 0.0}],
+        None,
+    ]
+    # The outcomes travelled through the outbox to the archive, and left it empty.
+    archive = world.backends.archive
+    assert isinstance(archive, MemoryArchive)
+    assert [r.ticket for r in archive.trade_outcomes] == [501, 502]
+    assert world.raw.exists(f"{world.prefix}:{ID}:records") == 0
+    assert_store_matches(world, lifecycle)
+
+
+def test_a_notification_waits_in_redis_until_it_is_delivered(world: World) -> None:
+    notifier = world.backends.notifier
+    assert isinstance(notifier, RecordingNotifier)
+    switch = Switch(notifier)
+    backends = attrs.evolve(world.backends, notifier=switch)
+    switch.down = True
+    world.broker.fail_logins(ID, Reason.AUTH_FAILED, times=1)
+    lifecycle = Lifecycle(ID, backends)
+    lifecycle.start()
+    # The failed login, then the one that recovers: its LOGIN_RECOVERED is written
+    # with it, and cannot be handed over while the notifier is down.
+    run_for(lifecycle, world.clock, 10)
+    assert lifecycle.state is State.CONNECTED
+
+    key = f"{world.prefix}:{ID}:notifications"
+    entries: Any = world.raw.lrange(key, 0, -1)  # str: the client decodes
+    assert len(entries) == 1
+    head, _, body = entries[0].partition(" ")
+    assert json.loads(body)["kind"] == "LOGIN_RECOVERED"
+    assert "s3cret-pass" not in entries[0]
+    stored = world.backends.state.load(ID)
+    assert stored is not None and stored.pending == 1
+    assert notifier.notifications == []
+
+    switch.down = False
+    run_for(lifecycle, world.clock, 60)
+
+    assert world.raw.exists(key) == 0
+    assert [n.id for n in notifier.notifications] == [head]
+    stored = world.backends.state.load(ID)
+    assert stored is not None and stored.pending == 0

@@ -1,4 +1,5 @@
-"""Many processes, one instance: no lost update, never two lock holders.
+"""Many processes, one instance: no lost update, never two lock holders, and an
+outbox entry for every write that landed and none for a refused one.
 
 Real processes against the real Redis, because the guarantees are about what
 separate clients see. The run is short by default (``RACE_SECONDS``); set
@@ -13,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 
@@ -21,6 +23,7 @@ import pytest
 import redis
 
 from mt5lifecycle.adapters.redis import RedisStateStore
+from mt5lifecycle.core.records import TransitionRecord
 from mt5lifecycle.core.snapshot import Snapshot
 from mt5lifecycle.core.states import State
 from mt5lifecycle.errors import ConcurrentUpdate, LockLost
@@ -36,13 +39,31 @@ CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload([__name__])
 
 
+def record(instance_id: str, count: int) -> TransitionRecord:
+    """What the write that makes ``restart_count == count`` has to archive."""
+    return TransitionRecord(
+        instance_id=instance_id,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        event=f"bump-{count}",
+        source=State.CONNECTING,
+        dest=State.CONNECTING,
+        reason=None,
+    )
+
+
 def increment(store: RedisStateStore, instance_id: str) -> int:
     """One read-modify-write, restart_count += 1, under the version alone: 1 if it landed."""
     stored = store.load(instance_id)
     assert stored is not None
-    bumped = attrs.evolve(stored.snapshot, restart_count=stored.snapshot.restart_count + 1)
+    count = stored.snapshot.restart_count + 1
+    bumped = attrs.evolve(stored.snapshot, restart_count=count)
     try:
-        store.commit(instance_id, bumped, expected_version=stored.version)
+        store.commit(
+            instance_id,
+            bumped,
+            expected_version=stored.version,
+            outbox=[record(instance_id, count)],
+        )
     except ConcurrentUpdate:
         return 0
     return 1
@@ -64,9 +85,16 @@ def worker(prefix: str, barrier: Barrier, seconds: float, out: Connection) -> No
                 client.incr(f"{prefix}:overlaps")
             stored = store.load(LOCKED)
             assert stored is not None
-            bumped = attrs.evolve(stored.snapshot, restart_count=stored.snapshot.restart_count + 1)
+            count = stored.snapshot.restart_count + 1
+            bumped = attrs.evolve(stored.snapshot, restart_count=count)
             try:
-                store.commit(LOCKED, bumped, expected_version=stored.version, lock=lock)
+                store.commit(
+                    LOCKED,
+                    bumped,
+                    expected_version=stored.version,
+                    lock=lock,
+                    outbox=[record(LOCKED, count)],
+                )
                 landed[LOCKED] += 1
             except (ConcurrentUpdate, LockLost):
                 refused += 1
@@ -125,6 +153,13 @@ def test_racing_processes_lose_no_update_and_never_share_the_lock(prefix: str) -
         assert stored is not None
         assert stored.snapshot.restart_count == landed[instance_id]
         assert stored.version == landed[instance_id] + 1
+        # One entry per write that landed, in the order they landed: a refused write
+        # (a stale version, a lost lock) left none.
+        records = store.outbox([instance_id])[instance_id].records
+        events = [r.event for r in records if isinstance(r, TransitionRecord)]
+        assert len(events) == len(records)
+        assert events == [f"bump-{n}" for n in range(1, landed[instance_id] + 1)]
+        assert stored.pending == landed[instance_id]
     assert landed[LOCKED] > 0
     assert landed[UNLOCKED] > 0
     # The unlocked writers did collide, so the version check was exercised.

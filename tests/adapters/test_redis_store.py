@@ -1,11 +1,14 @@
 """RedisStateStore against the real Redis on 127.0.0.1:6379 (SPEC section 5).
 
 Every test works under its own uuid prefix and removes its keys afterwards; a
-missing server fails the tests (``ping`` in the fixture), it never skips them.
+missing server fails the tests (``ping`` in the fixture), it never skips them. The
+outbox has its own module (``test_redis_outbox.py``), and so have the per-server keys
+(``test_redis_servers.py``); both use this module's fixtures.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
@@ -22,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mt5lifecycle.adapters.redis import KEY_SUFFIXES, RedisStateStore, RedisType
+from mt5lifecycle.core.answers import Account, Ticket
 from mt5lifecycle.core.snapshot import Snapshot, utc
 from mt5lifecycle.core.states import ConnectionState, Due, Reason, State
 from mt5lifecycle.errors import (
@@ -31,7 +35,17 @@ from mt5lifecycle.errors import (
     LockLost,
     StoreUnavailable,
 )
-from mt5lifecycle.ports import LockToken, StateStore, Stored
+from mt5lifecycle.ports import (
+    BatchingStateStore,
+    Commit,
+    LockToken,
+    LoginSlots,
+    OutboxStore,
+    ServerOutages,
+    StateStore,
+    Stored,
+    VersionReader,
+)
 
 HOST, PORT = "127.0.0.1", 6379
 
@@ -43,7 +57,7 @@ SPEC_KEYS = (
     "login_failure_reason",
     "last_failure_reason",
 )
-OWN_KEYS = (
+OWN_FIELDS = (
     "restart_count",
     "next_due",
     "due",
@@ -51,9 +65,20 @@ OWN_KEYS = (
     "ever_logged_in",
     "failed_since_success",
     "terminal_stopped",
+    "account",
+    "tickets",
+    "forced_try",
+)
+FIELD_KEYS = (*SPEC_KEYS, *OWN_FIELDS)
+"""One string key per ``Snapshot`` field, in the order of the scripts' KEYS."""
+OWN_KEYS = (
+    *OWN_FIELDS,
     "version",
     "last_commit",
     "login_lock",
+    "notifications",
+    "records",
+    "set_aside",
 )
 
 
@@ -102,6 +127,15 @@ def dead_client() -> redis.Redis:
     )
 
 
+def tickets_text(tickets: tuple[Ticket, ...]) -> str:
+    """The JSON the schema stores for a closing plan, as a plain client reads it."""
+    return json.dumps(
+        [{"kind": t.kind, "ticket": t.ticket, "symbol": t.symbol, "volume": t.volume}
+         for t in tickets],
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
 def spec_values(snapshot: Snapshot) -> dict[str, str]:
     """The raw strings SPEC section 5 (and the library's own keys) say are stored."""
     values = {
@@ -113,6 +147,7 @@ def spec_values(snapshot: Snapshot) -> dict[str, str]:
         "ever_logged_in": "1" if snapshot.ever_logged_in else "0",
         "failed_since_success": "1" if snapshot.failed_since_success else "0",
         "terminal_stopped": "1" if snapshot.terminal_stopped else "0",
+        "forced_try": "1" if snapshot.forced_try else "0",
     }
     if snapshot.last_login_attempt is not None:
         values["last_login_attempt"] = snapshot.last_login_attempt.astimezone(UTC).isoformat()
@@ -124,11 +159,15 @@ def spec_values(snapshot: Snapshot) -> dict[str, str]:
         values["next_due"] = repr(snapshot.next_due)
     if snapshot.due is not None:
         values["due"] = snapshot.due.value
+    if snapshot.account is not None:
+        values["account"] = f"{snapshot.account.login}@{snapshot.account.server}"
+    if snapshot.tickets is not None:
+        values["tickets"] = tickets_text(snapshot.tickets)
     return values
 
 
 def dump(raw: redis.Redis, prefix: str, instance_id: str) -> dict[str, str]:
-    """Every key of one instance, by suffix, as a plain client reads it."""
+    """Every string key of one instance, by suffix, as a plain client reads it."""
     head = f"{prefix}:{instance_id}:"
     out: dict[str, str] = {}
     for key in raw.scan_iter(match=f"{prefix}:*", count=1000):
@@ -137,6 +176,17 @@ def dump(raw: redis.Redis, prefix: str, instance_id: str) -> dict[str, str]:
             out[key[len(head) :]] = value
     return out
 
+
+# Any text a broker may call its server or a symbol: the codecs must not care.
+names = st.text(min_size=1, max_size=40)
+accounts = st.builds(Account, st.integers(0, 2**63), names)
+tickets = st.builds(
+    Ticket,
+    kind=st.sampled_from(["position", "order"]),
+    ticket=st.integers(0, 2**64),
+    symbol=st.text(max_size=40),
+    volume=st.floats(allow_nan=False, allow_infinity=False),
+)
 
 snapshots = st.builds(
     Snapshot,
@@ -158,8 +208,12 @@ snapshots = st.builds(
     ever_logged_in=st.booleans(),
     failed_since_success=st.booleans(),
     terminal_stopped=st.booleans(),
+    account=st.none() | accounts,
+    tickets=st.none() | st.lists(tickets, max_size=4).map(tuple),
+    forced_try=st.booleans(),
 )
 
+ACCOUNT = Account(5550001, "Broker-Demo")
 EXAMPLE = Snapshot(
     status=State.CONNECTING,
     connection_state=ConnectionState.DISCONNECTED,
@@ -174,14 +228,54 @@ EXAMPLE = Snapshot(
     ever_logged_in=True,
     failed_since_success=True,
     terminal_stopped=False,
+    account=ACCOUNT,
 )
+PLAN = (
+    Ticket(kind="position", ticket=90001, symbol="EURUSD", volume=0.5),
+    Ticket(kind="order", ticket=90002, symbol="XAUUSD.m", volume=0.0),
+)
+CLOSING = Snapshot(
+    status=State.ACCOUNT_CLOSED,
+    last_failure_reason=Reason.ACCOUNT_CLOSED,
+    ever_logged_in=True,
+    next_due=1767225700.0,
+    due=Due.SETTLE_TRADE,
+    account=ACCOUNT,
+    tickets=PLAN,
+)
+
+FULL = attrs.evolve(EXAMPLE, tickets=PLAN, forced_try=True)
+"""Every optional field set: a key for each."""
+
+
+def commit_call(
+    store: RedisStateStore,
+    instance_id: str,
+    snapshot: Snapshot | None,
+    version: int,
+    lock: LockToken | None = None,
+    outbox: tuple[Any, ...] = (),
+) -> Callable[[], int]:
+    """One commit as the script receives it, to be sent as often as wanted: what
+    redis-py does when it retries a command whose reply was lost. Each send runs the
+    script again with the very same commit id."""
+    call = store._commit_call(Commit(instance_id, snapshot, version, lock, outbox))
+    return lambda: store._committed(call, store._commit(keys=call.keys, args=call.args))
 
 
 # --- the key schema -----------------------------------------------------------------
 
 
-def test_it_is_a_state_store(store: RedisStateStore) -> None:
-    assert isinstance(store, StateStore)
+def test_it_is_every_port_it_says_it_is(store: RedisStateStore) -> None:
+    for port in (
+        StateStore,
+        BatchingStateStore,
+        OutboxStore,
+        LoginSlots,
+        ServerOutages,
+        VersionReader,
+    ):
+        assert isinstance(store, port), port
     assert (*SPEC_KEYS, *OWN_KEYS) == KEY_SUFFIXES
 
 
@@ -211,6 +305,8 @@ def test_keys_and_values_are_the_spec_s(
         "ever_logged_in": "1",
         "failed_since_success": "1",
         "terminal_stopped": "0",
+        "account": "5550001@Broker-Demo",
+        "forced_try": "0",
         "version": "1",
         "last_commit": raw.get(f"{prefix}:acct-1:last_commit"),
     }
@@ -219,21 +315,75 @@ def test_keys_and_values_are_the_spec_s(
     assert store.load("acct-1") == Stored(EXAMPLE, 1)
 
 
+def test_a_closing_plan_is_stored_as_json_an_operator_can_read(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.commit("acct-1", CLOSING, expected_version=0)
+
+    stored = raw.get(f"{prefix}:acct-1:tickets")
+    assert isinstance(stored, str)
+    assert json.loads(stored) == [
+        {"kind": "position", "ticket": 90001, "symbol": "EURUSD", "volume": 0.5},
+        {"kind": "order", "ticket": 90002, "symbol": "XAUUSD.m", "volume": 0.0},
+    ]
+    assert raw.get(f"{prefix}:acct-1:account") == "5550001@Broker-Demo"
+    assert store.load("acct-1") == Stored(CLOSING, 1)
+
+    # An empty plan (everything settled) is not "not listed yet".
+    settled = attrs.evolve(CLOSING, tickets=())
+    store.commit("acct-1", settled, expected_version=1)
+    assert raw.get(f"{prefix}:acct-1:tickets") == "[]"
+    assert store.load("acct-1") == Stored(settled, 2)
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        Account(0, "x"),
+        Account(12, "a@b@c"),  # the login is digits: the first @ ends it
+        Account(7, "Брокер-Демо 2"),
+        Account(2**63, "line\nbreak"),
+        Account(9, "@"),
+    ],
+    ids=repr,
+)
+def test_any_server_name_round_trips_in_an_account(
+    store: RedisStateStore, account: Account
+) -> None:
+    snapshot = Snapshot(status=State.CONNECTED, account=account)
+    store.commit("acct-1", snapshot, expected_version=0)
+    assert store.load("acct-1") == Stored(snapshot, 1)
+
+
+def test_forced_try_is_a_flag(store: RedisStateStore, raw: redis.Redis, prefix: str) -> None:
+    forced = Snapshot(status=State.CONNECTING, forced_try=True, due=Due.LOGIN, next_due=1.0)
+    store.commit("acct-1", forced, expected_version=0)
+    assert raw.get(f"{prefix}:acct-1:forced_try") == "1"
+    assert store.load("acct-1") == Stored(forced, 1)
+
+
 def test_absent_optionals_are_absent_keys(
     store: RedisStateStore, raw: redis.Redis, prefix: str
 ) -> None:
-    store.commit("acct-1", EXAMPLE, expected_version=0)
+    store.commit("acct-1", CLOSING, expected_version=0)
+    store.commit("acct-1", EXAMPLE, expected_version=1)
     cleared = Snapshot(status=State.CONNECTED, connection_state=ConnectionState.CONNECTED)
 
-    store.commit("acct-1", cleared, expected_version=1)
+    store.commit("acct-1", cleared, expected_version=2)
 
     stored = dump(raw, prefix, "acct-1")
-    for suffix in ("last_login_attempt", "login_failure_reason", "last_failure_reason"):
+    for suffix in (
+        "last_login_attempt",
+        "login_failure_reason",
+        "last_failure_reason",
+        "next_due",
+        "due",
+        "account",
+        "tickets",
+    ):
         assert raw.exists(f"{prefix}:acct-1:{suffix}") == 0
         assert suffix not in stored
-    assert "next_due" not in stored
-    assert "due" not in stored
-    assert store.load("acct-1") == Stored(cleared, 2)
+    assert store.load("acct-1") == Stored(cleared, 3)
 
 
 @settings(
@@ -259,6 +409,7 @@ def test_every_snapshot_round_trips_with_the_spec_s_values(
         assert loaded is not None
         when = loaded.snapshot.last_login_attempt
         assert when is None or when.tzinfo is UTC
+        assert store.load_many([instance_id]) == {instance_id: Stored(second, 2)}
     finally:
         store.delete(instance_id)
 
@@ -266,18 +417,24 @@ def test_every_snapshot_round_trips_with_the_spec_s_values(
 def test_cluster_mode_wraps_the_id_in_a_hash_tag(
     client: redis.Redis, raw: redis.Redis, prefix: str
 ) -> None:
-    store = RedisStateStore(client, prefix=prefix, cluster=True)
+    from tests.adapters.test_redis_outbox import notification, transition
 
-    store.commit("acct-1", EXAMPLE, expected_version=0)
+    store = RedisStateStore(client, prefix=prefix, cluster=True)
+    first, second = notification("acct-1"), notification("acct-1")
+
+    store.commit("acct-1", FULL, expected_version=0, outbox=[first, second, transition("acct-1")])
+    store.set_aside("acct-1", first.id, "refused")
     lock = store.acquire_lock("acct-1", 5.0)
 
     assert lock is not None
     keys = set(raw.scan_iter(match=f"{prefix}:*"))
+    # Every key of the instance, its outbox and set-aside list included.
     assert keys == {f"{prefix}:{{acct-1}}:{suffix}" for suffix in KEY_SUFFIXES}
     assert raw.get(f"{prefix}:{{acct-1}}:status") == "CONNECTING"
-    assert store.load("acct-1") == Stored(EXAMPLE, 1)
+    assert store.load("acct-1") == Stored(FULL, 1, pending=2)
     assert list(store.ids()) == ["acct-1"]
-    assert store.load_many(["acct-1"]) == {"acct-1": Stored(EXAMPLE, 1)}
+    assert store.load_many(["acct-1"]) == {"acct-1": Stored(FULL, 1, pending=2)}
+    assert [s.notification for s in store.set_aside_notifications()] == [first]
     # The other form's keys are not this store's.
     assert RedisStateStore(client, prefix=prefix).load("acct-1") is None
     assert list(RedisStateStore(client, prefix=prefix).ids()) == []
@@ -286,12 +443,16 @@ def test_cluster_mode_wraps_the_id_in_a_hash_tag(
 
 
 def test_a_client_that_decodes_responses_reads_the_same(raw: redis.Redis, prefix: str) -> None:
+    from tests.adapters.test_redis_outbox import notification
+
     store = RedisStateStore(raw, prefix=prefix)
+    note = notification("acct-1")
 
-    store.commit("acct-1", EXAMPLE, expected_version=0)
+    store.commit("acct-1", CLOSING, expected_version=0, outbox=[note])
 
-    assert store.load("acct-1") == Stored(EXAMPLE, 1)
+    assert store.load("acct-1") == Stored(CLOSING, 1, pending=1)
     assert list(store.ids()) == ["acct-1"]
+    assert store.outbox(["acct-1"])["acct-1"].notifications == (note,)
 
 
 def test_repr_names_the_prefix_and_never_the_client(client: redis.Redis, prefix: str) -> None:
@@ -310,6 +471,12 @@ def test_a_cluster_client_needs_cluster_mode() -> None:
 def test_a_bad_prefix_is_refused(client: redis.Redis, bad: Any) -> None:
     with pytest.raises(ValueError, match="prefix"):
         RedisStateStore(client, prefix=bad)
+
+
+def test_key_names_only_the_store_s_fields(store: RedisStateStore, prefix: str) -> None:
+    assert store.key("acct-1", "notifications") == f"{prefix}:acct-1:notifications"
+    with pytest.raises(ValueError, match="unknown field 'bogus'"):
+        store.key("acct-1", "bogus")
 
 
 # --- fencing ------------------------------------------------------------------------
@@ -360,57 +527,26 @@ def test_a_deleted_instance_is_not_brought_back_by_a_stale_writer(
     assert dump(raw, prefix, "acct-1") == {}
 
 
-def sent_fields(
-    store: RedisStateStore, instance_id: str, snapshot: Snapshot, version: int
-) -> set[str]:
-    """The field keys a commit of ``snapshot`` would send, by suffix."""
-    call = store._commit_call(instance_id, snapshot, version, None)
-    return {key.rsplit(":", 1)[1] for key in call.keys[3:]}
-
-
 def whole(raw: redis.Redis, prefix: str, instance_id: str) -> dict[str, str]:
     """The instance's field keys, without the version, commit id and lock."""
     stored = dump(raw, prefix, instance_id)
     return {k: v for k, v in stored.items() if k not in ("version", "last_commit", "login_lock")}
 
 
-def test_a_commit_from_a_known_state_sends_only_what_changed(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    assert sent_fields(store, "acct-1", EXAMPLE, 0) == set(SPEC_KEYS + OWN_KEYS[:7])
-    store.commit("acct-1", EXAMPLE, expected_version=0)
-    changed = attrs.evolve(EXAMPLE, login_attempt_count=3, next_due=None)
-
-    assert sent_fields(store, "acct-1", changed, 1) == {"login_attempt_count", "next_due"}
-    # From a version it does not know the store writes every field.
-    assert len(sent_fields(store, "acct-1", changed, 7)) == 13
-    store.commit("acct-1", changed, expected_version=1)
-
-    assert whole(raw, prefix, "acct-1") == spec_values(changed)
-    assert store.load("acct-1") == Stored(changed, 2)
+def test_every_commit_sends_every_field(store: RedisStateStore) -> None:
+    # A whole snapshot each time, never a change against what the store believes is
+    # there: a write can never be laid over a state it did not build on.
+    call = store._commit_call(Commit("acct-1", Snapshot(status=State.CONNECTED), 7))
+    assert [key.rsplit(":", 1)[1] for key in call.keys[5:]] == list(FIELD_KEYS)
 
 
-def test_a_store_builds_on_what_it_loaded(
-    client: redis.Redis, store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    store.commit("acct-1", EXAMPLE, expected_version=0)
-    restarted = RedisStateStore(client, prefix=prefix)
-    changed = attrs.evolve(EXAMPLE, status=State.CONNECTED, due=None)
-    assert len(sent_fields(restarted, "acct-1", changed, 1)) == 13
-
-    assert restarted.load("acct-1") == Stored(EXAMPLE, 1)
-    assert sent_fields(restarted, "acct-1", changed, 1) == {"status", "due"}
-    assert restarted.commit("acct-1", changed, expected_version=1) == 2
-    assert whole(raw, prefix, "acct-1") == spec_values(changed)
-
-
-@pytest.mark.parametrize("many", ["commit", "commit_many", "start_commit_many"])
-def test_a_change_is_never_laid_over_a_state_it_did_not_build_on(
+@pytest.mark.parametrize("many", ["commit", "commit_many"])
+def test_a_commit_over_a_state_written_anew_leaves_its_own_snapshot_whole(
     client: redis.Redis, store: RedisStateStore, raw: redis.Redis, prefix: str, many: str
 ) -> None:
     # Another writer deletes the instance and writes it anew up to the same version
-    # number: the version alone cannot tell the two states apart, so a change to the
-    # first must not be applied to the second. The store then writes every field.
+    # number: the version cannot tell the two states apart, and the write that lands
+    # must leave exactly its own snapshot, not a mix with the other's fields.
     store.commit("acct-1", EXAMPLE, expected_version=0)
     other = RedisStateStore(client, prefix=prefix)
     other.delete("acct-1")
@@ -419,12 +555,9 @@ def test_a_change_is_never_laid_over_a_state_it_did_not_build_on(
         == 1
     )
     changed = attrs.evolve(EXAMPLE, login_attempt_count=3)
-    assert sent_fields(store, "acct-1", changed, 1) == {"login_attempt_count"}
 
     if many == "commit_many":
-        assert store.commit_many([("acct-1", changed, 1, None)]) == [2]
-    elif many == "start_commit_many":
-        assert store.start_commit_many([("acct-1", changed, 1, None)])() == [2]
+        assert store.commit_many([Commit("acct-1", changed, 1)]) == [2]
     else:
         assert store.commit("acct-1", changed, expected_version=1) == 2
 
@@ -477,14 +610,16 @@ def test_a_commit_retried_by_the_client_is_recognised_as_its_own(
 ) -> None:
     # What redis-py does after a timeout whose command had in fact run: it sends the
     # very same EVALSHA again. The script must answer as the first try did.
-    call = store._commit_call("acct-1", EXAMPLE, 0, None)
-    first = store._committed(call, store._commit(keys=call.keys, args=call.args))
-    again = store._committed(call, store._commit(keys=call.keys, args=call.args))
+    send = commit_call(store, "acct-1", EXAMPLE, 0)
 
-    assert first == again == 1
+    assert send() == send() == 1
     # A different write from the same stale version is still refused.
     with pytest.raises(ConcurrentUpdate):
         store.commit("acct-1", EXAMPLE, expected_version=0)
+    # And the retry of a write that another has since built on is refused too.
+    assert store.commit("acct-1", EXAMPLE, expected_version=1) == 2
+    with pytest.raises(ConcurrentUpdate):
+        send()
 
 
 def test_a_retried_commit_that_released_its_lock_is_still_its_own(
@@ -494,28 +629,41 @@ def test_a_retried_commit_that_released_its_lock_is_still_its_own(
     # and the client sends it again, the lock is gone, yet the write is this one.
     lock = store.acquire_lock("acct-1", 5.0)
     assert lock is not None
-    call = store._commit_call("acct-1", EXAMPLE, 0, attrs.evolve(lock, release_on_commit=True))
-    first = store._committed(call, store._commit(keys=call.keys, args=call.args))
-    again = store._committed(call, store._commit(keys=call.keys, args=call.args))
+    send = commit_call(store, "acct-1", EXAMPLE, 0, attrs.evolve(lock, release_on_commit=True))
 
-    assert first == again == 1
+    assert send() == send() == 1
     assert store.acquire_lock("acct-1", 5.0) is not None
 
 
 def test_delete_removes_every_key_and_is_idempotent(
     store: RedisStateStore, raw: redis.Redis, prefix: str
 ) -> None:
-    store.commit("acct-1", EXAMPLE, expected_version=0)
-    store.commit("acct-2", EXAMPLE, expected_version=0)
+    from tests.adapters.test_redis_outbox import notification, transition
+
+    note = notification("acct-1")
+    store.commit("acct-1", FULL, expected_version=0, outbox=[note, transition("acct-1")])
+    store.set_aside("acct-1", note.id, "refused")
+    store.commit("acct-1", FULL, expected_version=1, outbox=[notification("acct-1")])
+    store.commit("acct-2", EXAMPLE, expected_version=0, outbox=[notification("acct-2")])
     assert store.acquire_lock("acct-1", 5.0) is not None
+    assert {k.rsplit(":", 1)[1] for k in raw.scan_iter(match=f"{prefix}:acct-1:*")} == set(
+        KEY_SUFFIXES
+    )
 
     store.delete("acct-1")
     store.delete("acct-1")
 
-    assert [k for k in raw.scan_iter(match=f"{prefix}:acct-1:*")] == []
+    assert list(raw.scan_iter(match=f"{prefix}:acct-1:*")) == []
     assert store.load("acct-1") is None
-    assert store.load("acct-2") == Stored(EXAMPLE, 1)
+    assert store.outbox(["acct-1"]) == {}
+    assert store.set_aside_notifications(["acct-1"]) == []
+    assert store.load("acct-2") == Stored(EXAMPLE, 1, pending=1)
     assert store.acquire_lock("acct-1", 5.0) is not None
+
+
+def bad_ticket(**changes: Any) -> Ticket:
+    """A ticket as a buggy caller could make one (attrs checks no types)."""
+    return attrs.evolve(PLAN[0], **changes)
 
 
 @pytest.mark.parametrize(
@@ -528,11 +676,23 @@ def test_delete_removes_every_key_and_is_idempotent(
         ({"next_due": float("nan")}, ValueError),
         ({"ever_logged_in": 1}, TypeError),
         ({"due": "LOGIN"}, TypeError),
+        ({"forced_try": None}, TypeError),
+        ({"account": "5550001@Broker-Demo"}, TypeError),
+        ({"account": Account(-1, "Broker-Demo")}, ValueError),
+        ({"account": Account(True, "Broker-Demo")}, ValueError),
+        ({"account": Account(5550001, "")}, ValueError),
+        ({"tickets": list(PLAN)}, TypeError),
+        ({"tickets": (PLAN[0], "90002")}, TypeError),
+        ({"tickets": (bad_ticket(kind="deal"),)}, ValueError),
+        ({"tickets": (bad_ticket(ticket="90001"),)}, ValueError),
+        ({"tickets": (bad_ticket(volume=float("nan")),)}, ValueError),
+        ({"tickets": (bad_ticket(symbol=None),)}, ValueError),
     ],
 )
 def test_a_malformed_snapshot_is_refused_before_any_io(
     snapshot_changes: dict[str, Any], error: type[Exception]
 ) -> None:
+    # Each of these would be written as a value the store itself refuses to read.
     store = RedisStateStore(dead_client())
     fields = {"status": State.CONNECTING, **snapshot_changes}
     bad = Snapshot(**fields)
@@ -540,7 +700,7 @@ def test_a_malformed_snapshot_is_refused_before_any_io(
     with pytest.raises(error):
         store.commit("acct-1", bad, expected_version=0)
     with pytest.raises(error):
-        store.commit_many([("acct-1", bad, 0, None)])
+        store.commit_many([Commit("acct-1", EXAMPLE, 0), Commit("acct-2", bad, 0)])
 
 
 @pytest.mark.parametrize("expected_version", [-1, True, 1.0, "1"])
@@ -548,364 +708,28 @@ def test_a_bad_expected_version_is_refused(expected_version: Any) -> None:
     store = RedisStateStore(dead_client())
     with pytest.raises(ValueError, match="expected_version"):
         store.commit("acct-1", EXAMPLE, expected_version=expected_version)
+    with pytest.raises(ValueError, match="expected_version"):
+        store.commit_many([Commit("acct-1", EXAMPLE, expected_version)])
 
 
-# --- instance ids -------------------------------------------------------------------
-
-BAD_IDS = ["", "a:b", "{a}", "-a", ".a", "a b", "x" * 129, "é", "a*", 5, None]
-
-
-@pytest.mark.parametrize("bad", BAD_IDS)
-def test_an_invalid_id_is_refused_before_any_io(bad: Any) -> None:
-    # The client points at nothing: any I/O would raise StoreUnavailable instead.
+@pytest.mark.parametrize(
+    ("lock", "error"),
+    [
+        ("token", TypeError),
+        (LockToken("acct-1", ""), ValueError),
+        (LockToken("acct-2", "token"), ValueError),
+    ],
+)
+def test_a_bad_lock_is_refused_before_any_io(lock: Any, error: type[Exception]) -> None:
     store = RedisStateStore(dead_client())
-    calls: list[Callable[[], object]] = [
-        lambda: store.load(bad),
-        lambda: store.load_many(["ok", bad]),
-        lambda: store.commit(bad, EXAMPLE, expected_version=0),
-        lambda: store.commit_many([("ok", EXAMPLE, 0, None), (bad, EXAMPLE, 0, None)]),
-        lambda: store.delete(bad),
-        lambda: store.acquire_lock(bad, 1.0),
-        lambda: store.release_lock(LockToken(bad, "t")),
-        lambda: store.key(bad, "status"),
-    ]
-    for call in calls:
-        with pytest.raises(InvalidInstanceId):
-            call()
+    with pytest.raises(error):
+        store.commit("acct-1", EXAMPLE, expected_version=0, lock=lock)
 
 
-def test_the_longest_valid_id_works(store: RedisStateStore) -> None:
-    longest = "A" + "b.-_9" * 25 + "zz"
-    assert len(longest) == 128
-    store.commit(longest, EXAMPLE, expected_version=0)
-    assert store.load(longest) == Stored(EXAMPLE, 1)
-    assert list(store.ids()) == [longest]
-
-
-# --- ids and many -------------------------------------------------------------------
-
-
-def test_ids_lists_every_instance_once_and_skips_foreign_keys(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    for n in range(25):
-        store.commit(f"acct-{n}", EXAMPLE, expected_version=0)
-    raw.set(f"{prefix}:nested:acct-x:status", "CONNECTED")
-    raw.set(f"{prefix}:{{acct-y}}:status", "CONNECTED")
-    raw.set(f"{prefix}x:acct-z:status", "CONNECTED")
-    raw.set(f"{prefix}:acct-lock-only:login_lock", "t")
-
-    assert sorted(store.ids()) == sorted(f"acct-{n}" for n in range(25))
-
-
-def test_ids_escapes_glob_characters_in_the_prefix(client: redis.Redis, prefix: str) -> None:
-    starred = RedisStateStore(client, prefix=f"{prefix}*[a]?")
-    plain = RedisStateStore(client, prefix=f"{prefix}Xa")
-
-    plain.commit("acct-1", EXAMPLE, expected_version=0)
-    starred.commit("acct-2", EXAMPLE, expected_version=0)
-
-    assert list(starred.ids()) == ["acct-2"]
-    assert list(plain.ids()) == ["acct-1"]
-
-
-def test_load_many_crosses_batches_and_leaves_absent_ids_out(store: RedisStateStore) -> None:
-    ids = [f"acct-{n}" for n in range(2500)]
-    results = store.commit_many([(i, EXAMPLE, 0, None) for i in ids[::2]])
-    assert results == [1] * 1250
-
-    found = store.load_many([*ids, *ids[:10]])
-
-    assert set(found) == set(ids[::2])
-    assert all(stored == Stored(EXAMPLE, 1) for stored in found.values())
-    assert store.load_many([]) == {}
-
-
-@pytest.mark.parametrize("suffix", ["due", "version"])
-def test_load_many_names_a_key_of_the_wrong_type_in_any_group(
-    store: RedisStateStore, raw: redis.Redis, prefix: str, suffix: str
-) -> None:
-    ids = [f"acct-{n}" for n in range(250)]
-    assert store.commit_many([(i, EXAMPLE, 0, None) for i in ids[:150]]) == [1] * 150
-    key = f"{prefix}:acct-170:{suffix}"  # an instance with nothing else stored
-    raw.rpush(key, "x")
-
-    with pytest.raises(CorruptState) as corrupt:
-        store.load_many(ids)
-
-    assert corrupt.value.key == key
-    assert corrupt.value.value == RedisType("list")
-    found = store.load_many([i for i in ids if i != "acct-170"])
-    assert set(found) == set(ids[:150])
-
-
-def test_commit_many_of_new_instances_still_checks_each_version_s_type(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    raw.hset(f"{prefix}:acct-2:version", "v", "1")
-
-    results = store.commit_many([(f"acct-{n}", EXAMPLE, 0, None) for n in range(4)])
-
-    assert results[0] == results[1] == results[3] == 1
-    assert isinstance(results[2], CorruptState)
-    assert results[2].key == f"{prefix}:acct-2:version"
-    assert raw.exists(f"{prefix}:acct-2:status") == 0
-
-
-def test_versions_reads_each_stored_version_and_leaves_out_the_rest(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    ids = [f"acct-{n}" for n in range(1200)]
-    assert store.commit_many([(i, EXAMPLE, 0, None) for i in ids[:1100]]) == [1] * 1100
-    assert store.commit("acct-1", EXAMPLE, expected_version=1) == 2
-    raw.set(f"{prefix}:acct-2:version", "two")  # corrupt: a whole read names it
-    raw.delete(f"{prefix}:acct-3:version")
-    raw.rpush(f"{prefix}:acct-3:version", "1")  # another type
-
-    versions = store.versions(ids)
-
-    assert versions["acct-1"] == 2
-    assert "acct-2" not in versions and "acct-3" not in versions
-    assert set(versions) == set(ids[:1100]) - {"acct-2", "acct-3"}
-    assert all(versions[i] == 1 for i in ids[4:1100])
-    assert store.versions([]) == {}
-    with pytest.raises(InvalidInstanceId):
-        store.versions(["acct-1", "bad id"])
-
-
-def test_commit_many_answers_per_item(store: RedisStateStore) -> None:
-    store.commit("acct-1", EXAMPLE, expected_version=0)
-    lock = store.acquire_lock("acct-3", 5.0)
-    assert lock is not None
-    stale_lock = LockToken("acct-4", "not-the-holder")
-    store.acquire_lock("acct-4", 5.0)
-
-    results = store.commit_many(
-        [
-            ("acct-1", EXAMPLE, 1, None),
-            ("acct-1", EXAMPLE, 1, None),
-            ("acct-2", EXAMPLE, 0, None),
-            ("acct-3", EXAMPLE, 0, lock),
-            ("acct-4", EXAMPLE, 0, stale_lock),
-        ]
-    )
-
-    assert results[0] == 2
-    assert isinstance(results[1], ConcurrentUpdate)
-    assert results[2] == 1
-    assert results[3] == 1
-    assert isinstance(results[4], LockLost)
-    assert store.load("acct-4") is None
-    assert store.commit_many([]) == []
-
-
-def test_start_commit_many_answers_later_what_commit_many_answers(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    store.commit("acct-1", EXAMPLE, expected_version=0)
-    held = store.acquire_lock("acct-3", 5.0)
-    assert held is not None
-    lock = attrs.evolve(held, release_on_commit=True)
-    store.acquire_lock("acct-4", 5.0)
-    first = store.start_commit_many(
-        [
-            ("acct-1", EXAMPLE, 1, None),
-            ("acct-1", EXAMPLE, 1, None),
-            ("acct-2", EXAMPLE, 0, None),
-            ("acct-3", EXAMPLE, 0, lock),
-            ("acct-4", EXAMPLE, 0, LockToken("acct-4", "not-the-holder")),
-        ]
-    )
-    # A second batch in flight at once: on a connection of its own.
-    second = store.start_commit_many([(f"other-{n}", EXAMPLE, 0, None) for n in range(150)])
-
-    assert second() == [1] * 150
-    results = first()
-
-    assert results[0] == 2
-    assert isinstance(results[1], ConcurrentUpdate)
-    assert results[2:4] == [1, 1]
-    assert isinstance(results[4], LockLost)
-    assert raw.exists(f"{prefix}:acct-3:login_lock") == 0  # given back by its write
-    assert store.load("acct-4") is None
-    assert store.load_many(["acct-1", "other-149"]) == {
-        "acct-1": Stored(EXAMPLE, 2),
-        "other-149": Stored(EXAMPLE, 1),
-    }
-    assert store.start_commit_many([])() == []
-
-
-@pytest.mark.parametrize("locks_first", [True, False], ids=["locks read first", "writes first"])
-def test_locks_asked_ahead_of_the_writes_are_answered_as_acquire_many_answers(
-    store: RedisStateStore, raw: redis.Redis, prefix: str, locks_first: bool
-) -> None:
-    held = store.acquire_lock("next-1", 30.0)
-    assert held is not None
-    raw.rpush(f"{prefix}:next-2:login_lock", "x")
-    ahead = [f"next-{n}" for n in range(150)]
-
-    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ahead, 30.0)
-    if locks_first:
-        locks = sent.locks()
-        assert sent() == [1]
-    else:
-        assert sent() == [1]
-        locks = sent.locks()
-
-    assert locks[1] is None  # another holds it
-    assert isinstance(locks[2], CorruptState)
-    assert locks[2].key == f"{prefix}:next-2:login_lock"
-    taken = [lock for lock in locks if isinstance(lock, LockToken)]
-    assert [lock.instance_id for lock in taken] == [ahead[0], *ahead[3:]]
-    assert raw.get(f"{prefix}:next-0:login_lock") == taken[0].token
-    assert 29_000 < raw.pttl(f"{prefix}:next-0:login_lock") <= 30_000
-    assert sent.locks() is locks  # read once
-    assert store.load("acct-1") == Stored(EXAMPLE, 1)
-
-
-def test_a_pooled_connection_the_server_dropped_is_opened_again(
-    raw: redis.Redis, prefix: str
-) -> None:
-    name = f"mt5l-{uuid.uuid4().hex[:12]}"
-    client = redis.Redis(host=HOST, port=PORT, client_name=name)
-    store = RedisStateStore(client, prefix=prefix)
-    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1  # a pooled connection
-    for entry in raw.client_list():
-        if entry["name"] == name:
-            raw.client_kill_filter(_id=entry["id"])
-
-    sent = store.start_commit_many([("acct-1", EXAMPLE, 1, None)], ["next-0"], 5.0)
-
-    assert sent() == [2]
-    assert [type(lock) for lock in sent.locks()] == [LockToken]
-    client.close()
-
-
-def test_a_lost_script_that_cannot_be_loaded_again_drops_the_connection(
-    store: RedisStateStore, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store.commit_many([("warm", EXAMPLE, 0, None)])
-    client.script_flush()  # the scripts sent next come back NOSCRIPT
-
-    def busy(script: Any) -> str:
-        raise redis.ResponseError("BUSY Redis is busy running a script")
-
-    monkeypatch.setattr(client, "script_load", busy)
-    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0"], 5.0)
-
-    with pytest.raises(redis.ResponseError, match="BUSY"):
-        sent.locks()
-    # The writes' answers were never read: they are in doubt, not misread as locks.
-    with pytest.raises(StoreUnavailable):
-        sent()
-    assert [type(lock) for lock in sent.locks()] == [StoreUnavailable]
-    monkeypatch.undo()
-    # Private, but the point: no connection is left checked out, none with answers.
-    assert not client.connection_pool._in_use_connections
-    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1
-
-
-def test_locks_asked_ahead_on_a_lost_connection_are_unavailable(
-    raw: redis.Redis, prefix: str
-) -> None:
-    client = redis.Redis(host=HOST, port=PORT, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
-    store = RedisStateStore(client, prefix=prefix)
-    raw.client_pause(5000, all=False)
-    try:
-        sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0", "next-1"], 30.0)
-        locks = sent.locks()
-        with pytest.raises(StoreUnavailable):
-            sent()
-    finally:
-        raw.client_unpause()
-    assert [type(lock) for lock in locks] == [StoreUnavailable, StoreUnavailable]
-    assert store.commit("acct-2", EXAMPLE, expected_version=0) == 1  # the pool goes on
-    client.close()
-
-
-@pytest.mark.parametrize("pool", ["one connection", "blocking pool", "small pool"])
-def test_a_client_that_cannot_lend_a_connection_has_it_all_done_at_once(
-    raw: redis.Redis, prefix: str, pool: str
-) -> None:
-    if pool == "one connection":
-        client = redis.Redis(host=HOST, port=PORT, single_connection_client=True)
-    elif pool == "blocking pool":
-        blocking = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-            host=HOST, port=PORT, max_connections=2
-        )
-        client = redis.Redis(connection_pool=blocking)
-    else:
-        client = redis.Redis(host=HOST, port=PORT, max_connections=8)
-    store = RedisStateStore(client, prefix=prefix)
-
-    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0"], 30.0)
-
-    assert raw.get(f"{prefix}:acct-1:version") == "1"  # before the answers are read
-    assert raw.exists(f"{prefix}:next-0:login_lock") == 1
-    assert sent() == [1]
-    assert [lock.instance_id for lock in sent.locks() if isinstance(lock, LockToken)] == ["next-0"]
-    client.close()
-
-
-def test_start_commit_many_refuses_bad_input_before_sending(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    with pytest.raises(InvalidInstanceId):
-        store.start_commit_many([("acct-1", EXAMPLE, 0, None), ("bad id", EXAMPLE, 0, None)])
+def test_a_bad_snapshot_type_is_refused(store: RedisStateStore) -> None:
     with pytest.raises(TypeError, match="Snapshot"):
-        store.start_commit_many([("acct-1", EXAMPLE, 0, None), ("acct-2", object(), 0, None)])  # type: ignore[list-item]
-
-    assert list(raw.scan_iter(match=f"{prefix}*")) == []
-    assert store.commit_many([("acct-1", EXAMPLE, 0, None)]) == [1]  # the pool is whole
-
-
-def test_start_commit_many_loads_a_lost_script_again(
-    store: RedisStateStore, client: redis.Redis
-) -> None:
-    store.commit_many([("warm", EXAMPLE, 0, None)])
-    client.script_flush()
-
-    sent = store.start_commit_many([("acct-1", EXAMPLE, 0, None)], ["next-0"], 5.0)
-    assert sent() == [1]
-    assert [type(lock) for lock in sent.locks()] == [LockToken]
-    assert store.load("acct-1") == Stored(EXAMPLE, 1)
-
-
-def test_answers_that_do_not_come_are_store_unavailable_and_the_connection_is_dropped(
-    raw: redis.Redis, prefix: str
-) -> None:
-    client = redis.Redis(host=HOST, port=PORT, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
-    store = RedisStateStore(client, prefix=prefix)
-    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1
-    changed = attrs.evolve(EXAMPLE, login_attempt_count=4)
-    raw.client_pause(5000, all=False)  # scripts wait, unanswered
-    try:
-        answers = store.start_commit_many([("acct-1", changed, 1, None)])
-        with pytest.raises(StoreUnavailable):
-            answers()
-    finally:
-        raw.client_unpause()
-    # The write may have landed after all (here it does, once Redis goes on): the
-    # writer reloads. The connection that missed its answer is never read again.
-    stored = store.load("acct-1")
-    assert stored is not None
-    assert store.commit("acct-1", stored.snapshot, expected_version=stored.version) == (
-        stored.version + 1
-    )
-    client.close()
-
-
-def test_commit_many_names_a_corrupt_key_per_item(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    store.commit("acct-1", EXAMPLE, expected_version=0)
-    raw.set(f"{prefix}:acct-1:version", "one")
-
-    results = store.commit_many([("acct-1", EXAMPLE, 1, None), ("acct-2", EXAMPLE, 0, None)])
-
-    assert isinstance(results[0], CorruptState)
-    assert results[0].key == f"{prefix}:acct-1:version"
-    assert results[1] == 1
+        store.commit("acct-1", {"status": "CONNECTED"}, expected_version=0)  # type: ignore[arg-type]
+    assert store.load("acct-1") is None
 
 
 # --- the login lock -----------------------------------------------------------------
@@ -929,57 +753,6 @@ def test_a_held_lock_blocks_a_second_acquire(
     second = store.acquire_lock("acct-1", 30.0)
     assert second is not None
     assert second.token != first.token
-
-
-@pytest.mark.parametrize("cluster", [False, True], ids=["plain", "cluster keys"])
-def test_acquire_many_takes_each_free_lock_once(
-    client: redis.Redis, raw: redis.Redis, prefix: str, cluster: bool
-) -> None:
-    store = RedisStateStore(client, prefix=prefix, cluster=cluster)
-    held = store.acquire_lock("acct-2", 30.0)
-    assert held is not None
-    ids = [f"acct-{n}" for n in range(250)] + ["acct-1"]  # acct-1 asked twice
-
-    locks = store.acquire_many(ids, 30.0)
-
-    assert locks[2] is None
-    assert locks[-1] is None  # the first acct-1 took it
-    taken = [lock for lock in locks if isinstance(lock, LockToken)]
-    assert [lock.instance_id for lock in taken] == [i for i in ids[:250] if i != "acct-2"]
-    assert len({lock.token for lock in taken}) == len(taken)
-    for lock in taken[:3]:
-        key = store.key(lock.instance_id, "login_lock")
-        assert raw.get(key) == lock.token
-        assert 29_000 < raw.pttl(key) <= 30_000
-    # Each is a lock like any other: it guards a commit and is released.
-    assert store.commit("acct-0", EXAMPLE, expected_version=0, lock=taken[0]) == 1
-    store.release_lock(taken[0])
-    assert store.acquire_lock("acct-0", 1.0) is not None
-    assert store.acquire_many([], 1.0) == []
-
-
-def test_acquire_many_names_a_lock_of_the_wrong_type_and_takes_the_others(
-    store: RedisStateStore, raw: redis.Redis, prefix: str
-) -> None:
-    raw.sadd(f"{prefix}:acct-1:login_lock", "token")
-
-    first, second = store.acquire_many(["acct-1", "acct-2"], 1.0)
-
-    assert isinstance(first, CorruptState)
-    assert first.key == f"{prefix}:acct-1:login_lock"
-    assert isinstance(second, LockToken)
-
-
-@pytest.mark.parametrize(
-    ("ids", "ttl", "error"),
-    [(["ok", "not ok"], 1.0, InvalidInstanceId), (["ok"], 0, ValueError), (["ok"], "1", TypeError)],
-)
-def test_acquire_many_refuses_bad_input_before_any_io(
-    store: RedisStateStore, raw: redis.Redis, prefix: str, ids: list[str], ttl: Any, error: type
-) -> None:
-    with pytest.raises(error):
-        store.acquire_many(ids, ttl)
-    assert raw.exists(f"{prefix}:ok:login_lock") == 0
 
 
 def test_a_commit_under_the_lock_needs_the_lock(store: RedisStateStore) -> None:
@@ -1083,6 +856,26 @@ CORRUPT = [
     ("ever_logged_in", "true"),
     ("failed_since_success", "2"),
     ("terminal_stopped", ""),
+    ("account", "5550001"),
+    ("account", "@Broker-Demo"),
+    ("account", "5550001@"),
+    ("account", "-5@Broker-Demo"),
+    ("account", "x5@Broker-Demo"),
+    ("account", "٣@Broker-Demo"),
+    ("tickets", "not json"),
+    ("tickets", "null"),
+    ("tickets", "{}"),
+    ("tickets", '"abc"'),
+    ("tickets", "[1]"),
+    ("tickets", '[{"kind":"deal","ticket":1,"symbol":"X","volume":1}]'),
+    ("tickets", '[{"kind":"position","ticket":true,"symbol":"X","volume":1}]'),
+    ("tickets", '[{"kind":"position","ticket":1.5,"symbol":"X","volume":1}]'),
+    ("tickets", '[{"kind":"position","ticket":1,"symbol":7,"volume":1}]'),
+    ("tickets", '[{"kind":"position","ticket":1,"symbol":"X","volume":"1"}]'),
+    ("tickets", '[{"kind":"position","ticket":1,"symbol":"X","volume":NaN}]'),
+    ("tickets", '[{"kind":"position","ticket":1,"symbol":"X"}]'),
+    ("forced_try", "yes"),
+    ("forced_try", ""),
     ("version", "v1"),
     ("version", "-1"),
     ("version", "1.0"),
@@ -1120,7 +913,7 @@ def test_undecodable_bytes_are_corrupt(
     assert corrupt.value.key == f"{prefix}:acct-1:due"
 
 
-@pytest.mark.parametrize("suffix", [*KEY_SUFFIXES[:13], "version"])
+@pytest.mark.parametrize("suffix", [*FIELD_KEYS, "version"])
 def test_a_key_of_the_wrong_type_raises_corrupt_state_naming_it(
     store: RedisStateStore, raw: redis.Redis, prefix: str, suffix: str
 ) -> None:
@@ -1239,6 +1032,282 @@ def test_the_spec_keys_alone_load_with_the_library_s_defaults(
     assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1
 
 
+# --- instance ids -------------------------------------------------------------------
+
+BAD_IDS = ["", "a:b", "{a}", "-a", ".a", "a b", "x" * 129, "é", "a*", 5, None]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_an_invalid_id_is_refused_before_any_io(bad: Any) -> None:
+    # The client points at nothing: any I/O would raise StoreUnavailable instead.
+    store = RedisStateStore(dead_client())
+    calls: list[Callable[[], object]] = [
+        lambda: store.load(bad),
+        lambda: store.load_many(["ok", bad]),
+        lambda: store.versions(["ok", bad]),
+        lambda: store.commit(bad, EXAMPLE, expected_version=0),
+        lambda: store.commit(bad, None, expected_version=1),
+        lambda: store.commit_many([Commit("ok", EXAMPLE, 0), Commit(bad, EXAMPLE, 0)]),
+        lambda: store.delete(bad),
+        lambda: store.acquire_lock(bad, 1.0),
+        lambda: store.release_lock(LockToken(bad, "t")),
+        lambda: store.key(bad, "status"),
+        lambda: store.outbox(["ok", bad]),
+        lambda: store.acknowledge({"ok": ["n1"], bad: ["n2"]}),
+        lambda: store.set_aside(bad, "n1", "refused"),
+        lambda: store.set_aside_notifications(["ok", bad]),
+        lambda: store.redeliver(bad),
+        lambda: store.redeliver(bad, []),
+        lambda: store.report_failure("Broker-Demo", bad, 0.0, 60.0),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInstanceId):
+            call()
+
+
+def test_the_longest_valid_id_works(store: RedisStateStore) -> None:
+    longest = "A" + "b.-_9" * 25 + "zz"
+    assert len(longest) == 128
+    store.commit(longest, EXAMPLE, expected_version=0)
+    assert store.load(longest) == Stored(EXAMPLE, 1)
+    assert list(store.ids()) == [longest]
+
+
+# --- ids and many -------------------------------------------------------------------
+
+
+def test_ids_lists_every_instance_once_and_skips_foreign_keys(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    for n in range(25):
+        store.commit(f"acct-{n}", EXAMPLE, expected_version=0)
+    raw.set(f"{prefix}:nested:acct-x:status", "CONNECTED")
+    raw.set(f"{prefix}:{{acct-y}}:status", "CONNECTED")
+    raw.set(f"{prefix}x:acct-z:status", "CONNECTED")
+    raw.set(f"{prefix}:acct-lock-only:login_lock", "t")
+    raw.rpush(f"{prefix}:acct-outbox-only:notifications", "x")
+    raw.set(f"{prefix}:server:{{Broker-Demo}}:down", "1")
+
+    assert sorted(store.ids()) == sorted(f"acct-{n}" for n in range(25))
+
+
+def test_ids_escapes_glob_characters_in_the_prefix(client: redis.Redis, prefix: str) -> None:
+    starred = RedisStateStore(client, prefix=f"{prefix}*[a]?")
+    plain = RedisStateStore(client, prefix=f"{prefix}Xa")
+
+    plain.commit("acct-1", EXAMPLE, expected_version=0)
+    starred.commit("acct-2", EXAMPLE, expected_version=0)
+
+    assert list(starred.ids()) == ["acct-2"]
+    assert list(plain.ids()) == ["acct-1"]
+
+
+def test_load_many_crosses_batches_and_leaves_absent_ids_out(store: RedisStateStore) -> None:
+    ids = [f"acct-{n}" for n in range(2500)]
+    results = store.commit_many([Commit(i, EXAMPLE, 0) for i in ids[::2]])
+    assert results == [1] * 1250
+
+    found = store.load_many([*ids, *ids[:10]])
+
+    assert set(found) == set(ids[::2])
+    assert all(stored == Stored(EXAMPLE, 1) for stored in found.values())
+    assert store.load_many([]) == {}
+
+
+@pytest.mark.parametrize("suffix", ["due", "version", "account"])
+def test_load_many_names_a_key_of_the_wrong_type_in_any_batch(
+    store: RedisStateStore, raw: redis.Redis, prefix: str, suffix: str
+) -> None:
+    ids = [f"acct-{n}" for n in range(1250)]
+    assert store.commit_many([Commit(i, EXAMPLE, 0) for i in ids[:1150]]) == [1] * 1150
+    key = f"{prefix}:acct-1170:{suffix}"  # an instance with nothing else stored
+    raw.rpush(key, "x")
+
+    with pytest.raises(CorruptState) as corrupt:
+        store.load_many(ids)
+
+    assert corrupt.value.key == key
+    assert corrupt.value.value == RedisType("list")
+    found = store.load_many([i for i in ids if i != "acct-1170"])
+    assert set(found) == set(ids[:1150])
+
+
+def test_commit_many_of_new_instances_still_checks_each_version_s_type(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    raw.hset(f"{prefix}:acct-2:version", "v", "1")
+
+    results = store.commit_many([Commit(f"acct-{n}", EXAMPLE, 0) for n in range(4)])
+
+    assert results[0] == results[1] == results[3] == 1
+    assert isinstance(results[2], CorruptState)
+    assert results[2].key == f"{prefix}:acct-2:version"
+    assert raw.exists(f"{prefix}:acct-2:status") == 0
+
+
+def test_versions_reads_each_stored_version_and_leaves_out_the_rest(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    ids = [f"acct-{n}" for n in range(1200)]
+    assert store.commit_many([Commit(i, EXAMPLE, 0) for i in ids[:1100]]) == [1] * 1100
+    assert store.commit("acct-1", EXAMPLE, expected_version=1) == 2
+    raw.set(f"{prefix}:acct-2:version", "two")  # corrupt: a whole read names it
+    raw.delete(f"{prefix}:acct-3:version")
+    raw.rpush(f"{prefix}:acct-3:version", "1")  # another type
+
+    versions = store.versions(ids)
+
+    assert versions["acct-1"] == 2
+    assert "acct-2" not in versions and "acct-3" not in versions
+    assert set(versions) == set(ids[:1100]) - {"acct-2", "acct-3"}
+    assert all(versions[i] == 1 for i in ids[4:1100])
+    assert store.versions([]) == {}
+    with pytest.raises(InvalidInstanceId):
+        store.versions(["acct-1", "bad id"])
+
+
+def test_commit_many_answers_per_item(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.commit("acct-1", EXAMPLE, expected_version=0)
+    lock = store.acquire_lock("acct-3", 5.0)
+    assert lock is not None
+    held = store.acquire_lock("acct-5", 5.0)
+    assert held is not None
+    store.acquire_lock("acct-4", 5.0)
+    stale_lock = LockToken("acct-4", "not-the-holder")
+
+    results = store.commit_many(
+        [
+            Commit("acct-1", EXAMPLE, 1),
+            Commit("acct-1", EXAMPLE, 1),
+            Commit("acct-2", EXAMPLE, 0),
+            Commit("acct-3", EXAMPLE, 0, lock),
+            Commit("acct-4", EXAMPLE, 0, stale_lock),
+            Commit("acct-5", CLOSING, 0, attrs.evolve(held, release_on_commit=True)),
+        ]
+    )
+
+    assert results[0] == 2
+    assert isinstance(results[1], ConcurrentUpdate)
+    assert results[1].found_version == 2
+    assert results[2:4] == [1, 1]
+    assert isinstance(results[4], LockLost)
+    assert results[5] == 1
+    assert store.load("acct-4") is None
+    assert raw.get(f"{prefix}:acct-3:login_lock") == lock.token  # kept: not asked to give back
+    assert raw.exists(f"{prefix}:acct-5:login_lock") == 0  # given back by its write
+    assert store.load_many(["acct-1", "acct-5"]) == {
+        "acct-1": Stored(EXAMPLE, 2),
+        "acct-5": Stored(CLOSING, 1),
+    }
+    assert store.commit_many([]) == []
+
+
+def test_commit_many_names_a_corrupt_key_per_item(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.commit("acct-1", EXAMPLE, expected_version=0)
+    raw.set(f"{prefix}:acct-1:version", "one")
+
+    results = store.commit_many([Commit("acct-1", EXAMPLE, 1), Commit("acct-2", EXAMPLE, 0)])
+
+    assert isinstance(results[0], CorruptState)
+    assert results[0].key == f"{prefix}:acct-1:version"
+    assert results[1] == 1
+
+
+def test_commit_many_refuses_bad_input_before_sending(
+    store: RedisStateStore, raw: redis.Redis, prefix: str
+) -> None:
+    with pytest.raises(InvalidInstanceId):
+        store.commit_many([Commit("acct-1", EXAMPLE, 0), Commit("bad id", EXAMPLE, 0)])
+    with pytest.raises(TypeError, match="Snapshot"):
+        store.commit_many([Commit("acct-1", EXAMPLE, 0), Commit("acct-2", object(), 0)])  # type: ignore[arg-type]
+
+    assert list(raw.scan_iter(match=f"{prefix}*")) == []
+    assert store.commit_many([Commit("acct-1", EXAMPLE, 0)]) == [1]
+
+
+def test_commit_many_and_load_many_load_a_lost_script_again(
+    store: RedisStateStore, client: redis.Redis
+) -> None:
+    store.commit_many([Commit("warm", EXAMPLE, 0)])
+    client.script_flush()
+    assert store.commit_many([Commit("acct-1", EXAMPLE, 0), Commit("acct-2", EXAMPLE, 0)]) == [1, 1]
+    client.script_flush()
+    assert store.load_many(["acct-1", "acct-2"]) == {
+        "acct-1": Stored(EXAMPLE, 1),
+        "acct-2": Stored(EXAMPLE, 1),
+    }
+    client.script_flush()
+    assert store.commit("acct-1", EXAMPLE, expected_version=1) == 2
+    client.script_flush()
+    assert store.load("acct-1") == Stored(EXAMPLE, 2)
+
+
+def test_a_lost_script_that_cannot_be_loaded_again_raises_and_leaves_the_pool_whole(
+    store: RedisStateStore, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.commit_many([Commit("warm", EXAMPLE, 0)])
+    client.script_flush()  # the scripts sent next come back NOSCRIPT
+
+    def busy(script: Any) -> str:
+        raise redis.ResponseError("BUSY Redis is busy running a script")
+
+    monkeypatch.setattr(client, "script_load", busy)
+    with pytest.raises(redis.ResponseError, match="BUSY"):
+        store.commit_many([Commit("acct-1", EXAMPLE, 0)])
+    monkeypatch.undo()
+
+    # Private, but the point: no connection is left checked out, none with answers.
+    assert not client.connection_pool._in_use_connections
+    assert store.load("acct-1") is None  # a NOSCRIPT call did not run
+    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1
+
+
+def test_a_pooled_connection_the_server_dropped_is_opened_again(
+    raw: redis.Redis, prefix: str
+) -> None:
+    name = f"mt5l-{uuid.uuid4().hex[:12]}"
+    client = redis.Redis(host=HOST, port=PORT, client_name=name)
+    store = RedisStateStore(client, prefix=prefix)
+    assert store.commit("acct-1", EXAMPLE, expected_version=0) == 1  # a pooled connection
+
+    def drop() -> None:
+        for entry in raw.client_list():
+            if entry["name"] == name:
+                raw.client_kill_filter(_id=entry["id"])
+
+    drop()
+    assert store.commit_many([Commit("acct-1", EXAMPLE, 1)]) == [2]
+    drop()
+    assert store.load_many(["acct-1"]) == {"acct-1": Stored(EXAMPLE, 2)}
+    drop()
+    assert store.commit("acct-1", EXAMPLE, expected_version=2) == 3
+    client.close()
+
+
+@pytest.mark.parametrize("pool", ["one connection", "blocking pool", "small pool"])
+def test_any_kind_of_client_pool_does_the_batches(raw: redis.Redis, prefix: str, pool: str) -> None:
+    if pool == "one connection":
+        client = redis.Redis(host=HOST, port=PORT, single_connection_client=True)
+    elif pool == "blocking pool":
+        blocking = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            host=HOST, port=PORT, max_connections=1
+        )
+        client = redis.Redis(connection_pool=blocking)
+    else:
+        client = redis.Redis(host=HOST, port=PORT, max_connections=2)
+    store = RedisStateStore(client, prefix=prefix)
+    ids = [f"acct-{n}" for n in range(1100)]
+
+    assert store.commit_many([Commit(i, EXAMPLE, 0) for i in ids]) == [1] * 1100
+    assert len(store.load_many(ids)) == 1100
+    assert store.outbox(ids) == {}
+    client.close()
+
+
 # --- Redis unreachable --------------------------------------------------------------
 
 
@@ -1247,13 +1316,27 @@ def test_an_unreachable_redis_is_store_unavailable_everywhere() -> None:
     calls: list[Callable[[], object]] = [
         lambda: store.load("acct-1"),
         lambda: store.load_many(["acct-1"]),
+        lambda: store.versions(["acct-1"]),
         lambda: list(store.ids()),
         lambda: store.commit("acct-1", EXAMPLE, expected_version=0),
-        lambda: store.commit_many([("acct-1", EXAMPLE, 0, None)]),
+        lambda: store.commit("acct-1", None, expected_version=1),
+        lambda: store.commit_many([Commit("acct-1", EXAMPLE, 0)]),
         lambda: store.delete("acct-1"),
         lambda: store.acquire_lock("acct-1", 1.0),
-        lambda: store.acquire_many(["acct-1"], 1.0),
         lambda: store.release_lock(LockToken("acct-1", "t")),
+        lambda: store.outbox(["acct-1"]),
+        lambda: store.acknowledge({"acct-1": ["n1"]}),
+        lambda: store.set_aside("acct-1", "n1", "refused"),
+        lambda: store.set_aside_notifications(["acct-1"]),
+        lambda: store.set_aside_notifications(),
+        lambda: store.redeliver("acct-1"),
+        lambda: store.acquire_slot("Broker-Demo", 2, 30.0),
+        lambda: store.release_slot("Broker-Demo", "t"),
+        lambda: store.report_failure("Broker-Demo", "acct-1", 0.0, 60.0),
+        lambda: store.mark_down("Broker-Demo"),
+        lambda: store.mark_up("Broker-Demo"),
+        lambda: store.is_down("Broker-Demo"),
+        lambda: store.probe("Broker-Demo", 0.0, 30.0),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailable) as unavailable:
@@ -1279,7 +1362,7 @@ def test_a_commit_can_release_the_lock_it_was_guarded_by_in_the_same_write(
     assert store.acquire_lock("acct-1", 30.0) is not None
 
 
-def test_a_login_costs_two_round_trips_the_lock_and_its_result(
+def test_a_login_s_round_trips_are_the_lock_the_server_s_flag_and_its_result(
     client: redis.Redis, prefix: str
 ) -> None:
     from mt5lifecycle import Credentials, Lifecycle
@@ -1288,13 +1371,23 @@ def test_a_login_costs_two_round_trips_the_lock_and_its_result(
     store = RedisStateStore(client, prefix=prefix)
     backends = attrs.evolve(memory_backends(), state=store)
     backends.credentials.put("acct-1", Credentials(1, "Srv", "pw"))
+    backends.credentials.put("warm-1", Credentials(2, "Srv", "pw"))
+    warm = Lifecycle("warm-1", backends)  # every script loaded: no SCRIPT LOAD counted
+    warm.start()
+    warm.run_due()
     lifecycle = Lifecycle("acct-1", backends)
     lifecycle.start()
+    scripts = {
+        store._acquire.sha: "take the lock",
+        store._up.sha: "the server is up",
+        store._commit.sha: "the result, the lock given back",
+    }
     sent: list[str] = []
     original: Any = client.execute_command
 
     def counting(*args: object, **options: object) -> object:
-        sent.append(str(args[0]))
+        name = str(args[0])
+        sent.append(scripts.get(str(args[1]), name) if name == "EVALSHA" else name)
         return original(*args, **options)
 
     client.execute_command = counting  # type: ignore[method-assign]
@@ -1303,4 +1396,11 @@ def test_a_login_costs_two_round_trips_the_lock_and_its_result(
     finally:
         del client.execute_command
     assert lifecycle.state is State.CONNECTED
-    assert len(sent) == 2, sent  # take the lock; store the result and give the lock back
+    # The store is also the fleet's shared outage record (SPEC section 15): a login
+    # asks whether its server is down first and says the server answered after.
+    assert sent == [
+        "take the lock",
+        "EXISTS",
+        "the server is up",
+        "the result, the lock given back",
+    ]

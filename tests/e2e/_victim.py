@@ -108,8 +108,15 @@ def main(config: dict[str, Any]) -> None:
         name: Tripwire(port, name, kill, seen) if kill["at"].startswith(name + ".") else port
         for name, port in ports.items()
     }
-    backends = Backends(broker=MT5Broker({iid: terminal}), clock=clock, **wired)
     policy = Policy(**config.get("policy", {}))
+    # Deadlines inside the login lock, as the conftest's World has them.
+    broker = MT5Broker(
+        {iid: terminal},
+        call_timeout=policy.lock_ttl / 4,
+        login_timeout_ms=max(1, int(policy.lock_ttl * 250)),
+        sleep=lambda _: None,
+    )
+    backends = Backends(broker=broker, clock=clock, **wired)
     if config["mode"] == "closure":
         Lifecycle(iid, backends, policy).confirm_closure()
     else:

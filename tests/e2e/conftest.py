@@ -145,7 +145,16 @@ class World:
         # the background, and a hypothesis test must not see its threads draw from
         # the global random module while it generates.
         self.credentials.get("warm-up")
-        self.broker = MT5Broker(self.terminal)
+        ttl = (policy or Policy()).lock_ttl
+        # Deadlines inside the login lock (a broker whose longest call is past half of it
+        # is refused); the fake terminals answer at once, so the waits for a journal
+        # written late are counted out rather than slept.
+        self.broker = MT5Broker(
+            self.terminal,
+            call_timeout=ttl / 4,
+            login_timeout_ms=max(1, int(ttl * 250)),
+            sleep=lambda _: None,
+        )
         self.backends = Backends(
             state=self.state,
             credentials=self.credentials,
@@ -187,10 +196,13 @@ class World:
         return sorted(k.decode() for k in self.client.scan_iter(match=f"{self.prefix}:*"))
 
     def redis(self, instance_id: str) -> dict[str, str]:
-        """``{field: value}`` of the instance's string keys, read with plain GETs."""
+        """``{field: value}`` of the instance's string keys, read with plain GETs (the
+        outbox's lists are left out)."""
         head = f"{self.prefix}:{instance_id}:"
         out: dict[str, str] = {}
         for key in self.client.scan_iter(match=f"{head}*"):
+            if self.client.type(key) != b"string":
+                continue
             value = self.client.get(key)
             if isinstance(key, bytes) and isinstance(value, bytes):
                 out[key.decode()[len(head) :]] = value.decode()

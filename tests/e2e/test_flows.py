@@ -10,12 +10,15 @@ from collections.abc import Callable
 
 import pytest
 
-from mt5lifecycle import Fleet, InvalidTransition, Lifecycle, State
+from mt5lifecycle import CredentialsRejected, Fleet, InvalidTransition, Lifecycle, Policy, State
 from mt5lifecycle.testing import FakeClock, run_for
 
 from .conftest import CREDS, LOGIN, PASSWORD, SERVER, T0, World
 
 ID = "acc-1"
+
+
+POLICY_ATTEMPTS = Policy().max_login_attempts
 
 
 def connected(world: World, instance_id: str = ID) -> Lifecycle:
@@ -302,8 +305,10 @@ def test_reset_after_exhaustion(world: World) -> None:
     lc.start()
     world.play(lc, 600)
     assert world.redis(ID)["last_failure_reason"] == "LOGIN_ATTEMPTS_EXHAUSTED"
-    lc.reset()
-    assert world.redis(ID)["login_attempt_count"] == "0"
+    with pytest.raises(CredentialsRejected):
+        lc.reset()  # the same credentials are not tried again unasked (SPEC 15)
+    lc.reset(force=True)  # the broker unlocked the account: one more try
+    assert world.redis(ID)["login_attempt_count"] == str(POLICY_ATTEMPTS - 1)
     assert "login_failure_reason" not in world.redis(ID)
     world.play(lc, 1)
     assert lc.state is State.CONNECTED

@@ -19,7 +19,7 @@ import random
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytest
 
@@ -38,7 +38,7 @@ from mt5lifecycle.core.credentials import Credentials as _Credentials
 from mt5lifecycle.core.records import LoginResult, Order, Position, TradeResult
 from mt5lifecycle.core.snapshot import Snapshot
 from mt5lifecycle.core.states import Due, TerminalStatus
-from mt5lifecycle.ports import LockToken, Stored
+from mt5lifecycle.ports import Entry, LockToken, Stored
 from mt5lifecycle.testing import FakeClock, run_for
 
 INSTANCES = 5000
@@ -88,12 +88,20 @@ class CheckedState(MemoryStateStore):
     def commit(
         self,
         instance_id: str,
-        snapshot: Snapshot,
+        snapshot: Snapshot | None,
         *,
         expected_version: int,
         lock: LockToken | None = None,
+        outbox: Sequence[Entry] = (),
     ) -> int:
         self.outage.check(instance_id)
+        if snapshot is None:
+            previous = super().load(instance_id)
+            if previous is None or previous.snapshot.due is not Due.PURGE:
+                self.violations.add(f"{instance_id}: deleted without a confirmed closure")
+            return super().commit(
+                instance_id, None, expected_version=expected_version, lock=lock, outbox=outbox
+            )
         if snapshot.login_attempt_count > POLICY.max_login_attempts:
             self.violations.add(f"{instance_id}: {snapshot.login_attempt_count} attempts")
         if instance_id in self.confirmed:
@@ -103,10 +111,12 @@ class CheckedState(MemoryStateStore):
             previous is not None
             and previous.snapshot.status is State.ACCOUNT_CLOSED
             and snapshot.status is not State.ACCOUNT_CLOSED
-            and not (snapshot.status is State.INACTIVE and snapshot.due is Due.CLEANUP)
+            and not (snapshot.status is State.INACTIVE and snapshot.due in (Due.CLEANUP, Due.PURGE))
         ):
             self.violations.add(f"{instance_id}: left ACCOUNT_CLOSED for {snapshot.status}")
-        return super().commit(instance_id, snapshot, expected_version=expected_version, lock=lock)
+        return super().commit(
+            instance_id, snapshot, expected_version=expected_version, lock=lock, outbox=outbox
+        )
 
     def delete(self, instance_id: str) -> None:
         self.outage.check(instance_id)
@@ -257,7 +267,8 @@ def soak(instances: int, days: int, seed: int) -> dict[str, object]:
     state_outage.down = pg_outage.down = False
     elapsed = time.perf_counter() - started
     tracemalloc.stop()
-    statuses = Counter(str(fleet[i].state) for i in ids)
+    # A confirmed closure leaves the fleet: nothing is left to drive.
+    statuses = Counter(str(fleet[i].state) if i in fleet else "INACTIVE" for i in ids)
     return {
         "instances": instances,
         "days": days,
@@ -302,7 +313,8 @@ def inject(
     elif fault == "reset":
         if lc.state in (State.FAILED, State.INACTIVE) and iid not in closed:
             broker.ended.pop(iid, None)
-            _quietly(lc.reset)
+            # The broker unlocked it: the operator tries the same credentials once more.
+            _quietly(lambda: lc.reset(force=True))
     elif fault == "state_outage":
         state.outage.down = True
     else:

@@ -1,25 +1,36 @@
-"""The shipped alert rules: valid, one per AlertKind, and firing and resolving with
-the library's own flows, checked by ``promtool test rules``.
+"""The shipped alert rules: valid, one per AlertKind plus the operational ones, and
+firing and resolving with the library's own flows, checked by ``promtool test rules``.
 
-Nothing in the promtool test is typed by hand: each flow drives a real ``Lifecycle``
-on ``memory_backends`` and a ``FakeClock``, with a ``PrometheusMetrics`` on a private
-registry, and the registry is scraped every ``SCRAPE`` seconds of simulated time, as
-Prometheus would. The samples become promtool ``input_series`` (a series that
-disappears gets the staleness marker Prometheus writes when a target stops exposing
-it). The expected alerts come from the notifications the library sent during the
-same flow: each ``AlertKind`` notified at time t must make its rule fire at the first
-scrape at or after t, and
+Nothing in the promtool test is typed by hand: each flow drives the real runtime (a
+lone ``Lifecycle``, or one ``Fleet`` per worker process sharing ``memory_backends``)
+on a ``FakeClock``, each process with a ``PrometheusMetrics`` on a private registry,
+and every registry is scraped every ``SCRAPE`` seconds of simulated time, as
+Prometheus would (the clock takes the scrapes as it moves, so a scrape taken while a
+slow terminal call runs sees what was done by then). The samples become promtool
+``input_series`` (a series that disappears gets the staleness marker Prometheus
+writes when a target stops exposing it). The expected alerts come from what the
+library did during the same flow, never from the series:
 
-* per instance, a state-like rule resolves at the first scrape after the instance
-  logged in again (``LOGIN_RECOVERED``) or an operator acted on it (reset, closure
-  confirmed); event-like ones (``LOGIN_RECOVERED``, ``CREDENTIALS_DELETED``) last
-  their window;
-* without per-instance series, every rule lasts its window (``WINDOWS``).
+* each ``AlertKind`` notified at time t makes its rule fire at the first scrape at or
+  after t. Per instance, a state-like rule resolves at the first scrape after the
+  instance logged in again (``LOGIN_RECOVERED``) or an operator acted on it (reset,
+  closure confirmed); event-like ones (``LOGIN_RECOVERED``, ``CREDENTIALS_DELETED``)
+  last their window; without per-instance series every rule lasts its window
+  (``WINDOWS``);
+* ``BROKER_SERVER_DOWN`` fires for the server (not the target: one alert however many
+  workers take it as down) until the server's ``BROKER_SERVER_RECOVERED``, give or
+  take the probe interval the other workers need to see it; ``MT5BrokerServerRecovered``
+  follows for 15 minutes;
+* ``MT5NotificationsSetAside`` fires for an hour after the relay set a notification
+  aside (the state store says when); ``MT5ScheduleLag`` fires 10 minutes after the
+  due steps started running late (``lag`` as the runtime reported it) and resolves 5
+  minutes after they stopped.
 
 Every rule is checked at every checkpoint, so a rule that fires when nothing was
-notified fails too. Each flow runs twice, as two targets scraped side by side: one
-with per-instance series and one without, which also shows that a rule never fires
-twice for one target.
+notified fails too. A flow of one process runs twice, as two targets scraped side by
+side: one with per-instance series and one without, which also shows that a rule
+never fires twice for one target. A flow of several worker processes runs once per
+mode, its workers scraped side by side.
 
 To look at the promtool test file the tests run:
 
@@ -29,6 +40,7 @@ To look at the promtool test file the tests run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -39,6 +51,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
@@ -46,8 +59,13 @@ import attrs
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mt5lifecycle import AlertKind, Credentials, Lifecycle, Reason, State
+from mt5lifecycle import AlertKind, Credentials, Fleet, Lifecycle, Policy, Reason, State
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
+from mt5lifecycle.builtin.memory import MemoryStateStore
+from mt5lifecycle.core.health import FleetHealth, Health
+from mt5lifecycle.core.records import Notification
+from mt5lifecycle.core.states import TerminalStatus
+from mt5lifecycle.runtime.backends import Backends
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, memory_backends, run_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +76,8 @@ SCRAPE = 15
 JOB = "mt5lifecycle"
 INSTANCE_ID = "acc-1"
 PASSWORD = "s3cret-never-a-label"
+NEW_PASSWORD = "n3w-s3cret-never-a-label"
+POLICY = Policy()
 
 RULE_OF = {
     AlertKind.LOGIN_FAILURE: "MT5LoginFailure",
@@ -67,6 +87,8 @@ RULE_OF = {
     AlertKind.ACCOUNT_CLOSED: "MT5AccountClosed",
     AlertKind.AUTO_RECOVERY_FAILURE: "MT5AutoRecoveryFailure",
     AlertKind.CREDENTIALS_DELETED: "MT5CredentialsDeleted",
+    AlertKind.BROKER_SERVER_DOWN: "MT5BrokerServerDown",
+    AlertKind.BROKER_SERVER_RECOVERED: "MT5BrokerServerRecovered",
 }
 SEVERITY = {
     AlertKind.LOGIN_FAILURE: "critical",
@@ -76,7 +98,14 @@ SEVERITY = {
     AlertKind.ACCOUNT_CLOSED: "critical",
     AlertKind.AUTO_RECOVERY_FAILURE: "critical",
     AlertKind.CREDENTIALS_DELETED: "info",
+    AlertKind.BROKER_SERVER_DOWN: "critical",
+    AlertKind.BROKER_SERVER_RECOVERED: "info",
 }
+SET_ASIDE = "MT5NotificationsSetAside"
+LAG = "MT5ScheduleLag"
+OPERATIONAL = {SET_ASIDE: "critical", LAG: "warning"}
+"""Rules that are not AlertKinds (they watch the library itself), with their severity."""
+ALL_RULES = (*RULE_OF.values(), *OPERATIONAL)
 WINDOWS = {
     AlertKind.LOGIN_FAILURE: 3600,
     AlertKind.REPEATED_LOGIN_FAILURE: 900,
@@ -89,6 +118,8 @@ WINDOWS = {
 """How long a rule fires after its event when it follows a fleet counter."""
 EVENTS = frozenset({AlertKind.LOGIN_RECOVERED, AlertKind.CREDENTIALS_DELETED})
 """Rules that follow a fleet counter in both modes."""
+SERVER_KINDS = frozenset({AlertKind.BROKER_SERVER_DOWN, AlertKind.BROKER_SERVER_RECOVERED})
+"""Rules that follow the per-server gauge, the same in both modes: one alert per server."""
 STATE_OF = {
     AlertKind.LOGIN_FAILURE: "FAILED",
     AlertKind.ACCOUNT_BANNED: "INACTIVE",
@@ -96,73 +127,145 @@ STATE_OF = {
     AlertKind.AUTO_RECOVERY_FAILURE: "FAILED",
 }
 """Per instance, the rule follows ``mt5lifecycle_instance_state`` in this state."""
+RECOVERED_WINDOW = 900
+SET_ASIDE_WINDOW = 3600
+LAG_THRESHOLD = 1.0
+LAG_RANGE = 300
+LAG_FOR = 600
+"""MT5ScheduleLag: p99 over ``LAG_THRESHOLD`` s, rated over ``LAG_RANGE``, for ``LAG_FOR``."""
 
 
-# --- playing a flow ---------------------------------------------------------------
+# --- the simulated world ------------------------------------------------------------
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
+@dataclass(frozen=True)
+class Notified:
+    kind: AlertKind
+    at: float
+    """Seconds from the start of the flow."""
+    reason: Reason | None
+    instance_id: str
+
+
 @dataclass
 class Played:
-    """One flow on one target: what was scraped and what was notified."""
+    """One process of a flow, scraped as one target: what was scraped, what happened."""
 
     flow: str
     per_instance: bool
+    target: str
     scrapes: list[dict[SeriesKey, float]] = field(default_factory=list)
-    notified: list[tuple[AlertKind, float, Reason | None]] = field(default_factory=list)
-    actions: list[float] = field(default_factory=list)
-    """When an operator acted (reset, confirm_closure), in seconds from the start."""
+    notified: list[Notified] = field(default_factory=list)
+    actions: list[tuple[float, str]] = field(default_factory=list)
+    """When an operator acted (reset, confirm_closure), and on which instance."""
+    set_aside: list[float] = field(default_factory=list)
+    """When the relay set a notification of this process's instances aside."""
+    lags: list[tuple[float, float]] = field(default_factory=list)
+    """(when, seconds late) of every due step, as the runtime reported it."""
+    servers: dict[str, str] = field(default_factory=dict)
+    """Instance id -> the ``server`` label of its broker server."""
 
 
-class Sim:
-    """A ``Lifecycle`` on the real library, scraped every ``SCRAPE`` simulated seconds."""
+def server_label(server: str) -> str:
+    # The runtime keys broker servers as the terminal's server list does (case and
+    # surrounding spaces aside), and the gauge is labelled with that key.
+    return server.strip().casefold()
 
-    def __init__(self, flow: str, per_instance: bool) -> None:
+
+class ScrapedClock(FakeClock):
+    """A ``FakeClock`` that Prometheus scrapes: moving it past a scrape instant takes
+    that scrape. Nothing happens between two readings of a fake clock, so a scrape at
+    instant s taken on the way from a to b (a <= s < b) sees the world as of a: what
+    falls due at a scrape's instant is done before that scrape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t0 = self.now()
+        self.taken = 0
+        self.scrape: Callable[[], None] = lambda: None
+
+    def advance(self, seconds: float) -> float:
+        before = self.now()
+        now = super().advance(seconds)
+        self._take(lambda instant: before <= instant < now)
+        return now
+
+    def advance_to(self, when: float) -> float:
+        before = self.now()
+        now = super().advance_to(when)
+        self._take(lambda instant: before <= instant < now)
+        return now
+
+    def take_through_now(self) -> None:
+        now = self.now()
+        self._take(lambda instant: instant <= now)
+
+    def _take(self, due: Callable[[float], bool]) -> None:
+        while due(self.t0 + self.taken * SCRAPE):
+            self.taken += 1
+            self.scrape()
+
+
+class Broker(FakeBroker):
+    """``FakeBroker`` whose terminals may answer slowly: each status call takes
+    ``answer_time`` seconds of the clock, as a terminal on a starved host does."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.fake_clock = clock
+        self.answer_time = 0.0
+
+    def status(self, instance_id: str) -> TerminalStatus:
+        if self.answer_time:
+            self.fake_clock.advance(self.answer_time)
+        return super().status(instance_id)
+
+
+class Channel(RecordingNotifier):
+    """A notifier whose channel may be down: every try is recorded, one while down raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def notify(self, notification: Notification) -> None:
+        super().notify(notification)
+        if self.down:
+            raise ConnectionError("the mail server refused the connection")
+
+
+class Recorded(PrometheusMetrics):
+    """The shipped adapter, also noting when each lag was reported: MT5ScheduleLag's
+    expectations are computed from these, not from the series."""
+
+    def __init__(
+        self, registry: CollectorRegistry, *, per_instance: bool, clock: FakeClock
+    ) -> None:
+        super().__init__(registry, per_instance=per_instance)
+        self.clock = clock
+        self.lags: list[tuple[float, float]] = []
+
+    def lag(self, seconds: float) -> None:
+        self.lags.append((self.clock.now(), seconds))
+        super().lag(seconds)
+
+
+class Process:
+    """One worker process: its own registry and notifier, the shared stores and broker."""
+
+    def __init__(self, base: Backends, per_instance: bool, target: str, clock: FakeClock) -> None:
         self.registry = CollectorRegistry()
-        base = memory_backends()
-        assert isinstance(base.clock, FakeClock)
-        assert isinstance(base.broker, FakeBroker)
-        assert isinstance(base.notifier, RecordingNotifier)
-        self.clock: FakeClock = base.clock
-        self.broker: FakeBroker = base.broker
-        self.notifier: RecordingNotifier = base.notifier
-        self.backends = attrs.evolve(
-            base, metrics=PrometheusMetrics(self.registry, per_instance=per_instance)
-        )
-        self.lifecycle = Lifecycle(INSTANCE_ID, self.backends)
-        self.t0 = self.clock.now()
-        self.played = Played(flow, per_instance)
-        self._scrape()
+        self.metrics = Recorded(self.registry, per_instance=per_instance, clock=clock)
+        self.channel = Channel()
+        self.backends = attrs.evolve(base, metrics=self.metrics, notifier=self.channel)
+        self.per_instance = per_instance
+        self.target = target
+        self.instance_ids: set[str] = set()
+        self.scrapes: list[dict[SeriesKey, float]] = []
 
-    def put_credentials(self) -> None:
-        self.backends.credentials.put(INSTANCE_ID, Credentials(12345, "Demo-Server", PASSWORD))
-
-    def until(self, offset: float) -> None:
-        """Run the lifecycle up to ``offset`` seconds from the start, scraping on the way.
-
-        What falls due at a scrape's instant is done before that scrape.
-        """
-        end = self.t0 + offset
-        while True:
-            next_scrape = self.t0 + len(self.played.scrapes) * SCRAPE
-            if next_scrape > end:
-                break
-            run_for(self.lifecycle, self.clock, next_scrape - self.clock.now())
-            self._scrape()
-        run_for(self.lifecycle, self.clock, end - self.clock.now())
-
-    def operator(self, action: Callable[[], object]) -> None:
-        self.played.actions.append(self.clock.now() - self.t0)
-        action()
-
-    def finish(self) -> Played:
-        for n in self.notifier.notifications:
-            assert n.instance_id == INSTANCE_ID
-            self.played.notified.append((n.kind, n.at.timestamp() - self.t0, n.reason))
-        return self.played
-
-    def _scrape(self) -> None:
+    def scrape(self) -> None:
         scrape: dict[SeriesKey, float] = {}
         for family in self.registry.collect():
             for sample in family.samples:
@@ -171,8 +274,137 @@ class Sim:
                 if sample.name.endswith("_created"):
                     continue
                 scrape[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        self.played.scrapes.append(scrape)
+        self.scrapes.append(scrape)
 
+
+class Together:
+    """Several fleets on one clock, as ``run_for`` drives one."""
+
+    def __init__(self, fleets: Sequence[Fleet]) -> None:
+        self.fleets = fleets
+
+    @property
+    def next_due(self) -> float | None:
+        due = [d for d in (f.next_due for f in self.fleets) if d is not None]
+        return min(due) if due else None
+
+    def run_due(self) -> float | None:
+        for fleet in self.fleets:
+            fleet.run_due()
+        return self.next_due
+
+
+@dataclass(frozen=True)
+class Flow:
+    play: Callable[[Sim], None]
+    processes: int = 1
+    fleet: bool = False
+    """A ``Fleet`` per process (the relay retries on its own schedule); else a lone
+    ``Lifecycle`` for ``INSTANCE_ID``."""
+
+    @property
+    def name(self) -> str:
+        return self.play.__name__
+
+
+class Sim:
+    """The real runtime on shared ``memory_backends``, scraped every ``SCRAPE`` seconds."""
+
+    def __init__(self, flow: Flow, per_instance: bool, targets: Sequence[str]) -> None:
+        self.flow = flow
+        self.clock = ScrapedClock()
+        self.broker = Broker(self.clock)
+        base = memory_backends(self.broker, self.clock)
+        assert isinstance(base.state, MemoryStateStore)
+        self.state: MemoryStateStore = base.state
+        self.base = base
+        self.processes = [Process(base, per_instance, t, self.clock) for t in targets]
+        self.clock.scrape = self._scrape
+        self.t0 = self.clock.t0
+        self.actions: list[tuple[float, str]] = []
+        self.servers: dict[str, str] = {}
+        self.fleets: list[Fleet] = []
+        self._lifecycle: Lifecycle | None = None
+        self.driver: Together | Lifecycle
+        if flow.fleet:
+            self.fleets = [Fleet(p.backends, POLICY, workers=1) for p in self.processes]
+            self.driver = Together(self.fleets)
+        else:
+            self._lifecycle = Lifecycle(INSTANCE_ID, self.processes[0].backends)
+            self.processes[0].instance_ids.add(INSTANCE_ID)
+            self.driver = self._lifecycle
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        assert self._lifecycle is not None, "a fleet flow has no lone lifecycle"
+        return self._lifecycle
+
+    def put_credentials(
+        self, instance_id: str = INSTANCE_ID, server: str = "Demo-Server", password: str = PASSWORD
+    ) -> None:
+        login = 12345 + len(self.servers)
+        self.base.credentials.put(instance_id, Credentials(login, server, password))
+        self.servers[instance_id] = server_label(server)
+
+    def add(self, process: int, instance_ids: Sequence[str]) -> None:
+        self.fleets[process].add_many(instance_ids)
+        self.processes[process].instance_ids.update(instance_ids)
+
+    def instance(self, instance_id: str) -> Lifecycle:
+        if self._lifecycle is not None:
+            return self.lifecycle
+        return next(f[instance_id] for f in self.fleets if instance_id in f)
+
+    def channels(self, *, down: bool) -> None:
+        for process in self.processes:
+            process.channel.down = down
+
+    def until(self, offset: float) -> None:
+        """Run the runtime up to ``offset`` seconds from the start, scraping on the way."""
+        run_for(self.driver, self.clock, max(0.0, self.t0 + offset - self.clock.now()))
+
+    def operator(self, action: Callable[[], object], instance_id: str = INSTANCE_ID) -> None:
+        self.actions.append((self.clock.now() - self.t0, instance_id))
+        action()
+
+    def finish(self) -> list[Played]:
+        self.clock.take_through_now()
+        aside = self.state.set_aside_notifications()
+        out = []
+        for process in self.processes:
+            mine = process.instance_ids
+            seen: dict[str, Notified] = {}
+            for n in process.channel.notifications:
+                assert n.instance_id in mine, (n.instance_id, process.target)
+                # A channel that was down saw each try; one notification is one id.
+                seen.setdefault(
+                    n.id, Notified(n.kind, n.at.timestamp() - self.t0, n.reason, n.instance_id)
+                )
+            out.append(
+                Played(
+                    flow=self.flow.name,
+                    per_instance=process.per_instance,
+                    target=process.target,
+                    scrapes=process.scrapes,
+                    notified=sorted(seen.values(), key=lambda n: n.at),
+                    actions=list(self.actions),
+                    set_aside=sorted(
+                        a.at.timestamp() - self.t0
+                        for a in aside
+                        if a.notification.instance_id in mine
+                    ),
+                    lags=[(at - self.t0, s) for at, s in process.metrics.lags],
+                    servers=dict(self.servers),
+                )
+            )
+        return out
+
+    def _scrape(self) -> None:
+        for process in self.processes:
+            process.scrape()
+
+
+# --- the flows ------------------------------------------------------------------------
 
 # Actions happen 7 s past a scrape, so that "the first scrape at or after" is never
 # ambiguous; due times (backoffs, restarts) fall where the policy puts them.
@@ -180,12 +412,15 @@ OFF = 7
 
 
 def auth_exhaustion(sim: Sim) -> None:
-    """Five wrong passwords: REPEATED at the 3rd, LOGIN_FAILURE at the 5th; reset, success."""
+    """Five wrong passwords: REPEATED at the 3rd, LOGIN_FAILURE at the 5th; the right
+    password is stored and an operator resets: success."""
     sim.put_credentials()
     sim.broker.fail_logins(INSTANCE_ID, Reason.AUTH_FAILED, times=5)
     sim.until(60 + OFF)
     sim.lifecycle.start()
     sim.until(10 * 60 + OFF)
+    # Unchanged credentials that exhausted their attempts are refused (SPEC 15).
+    sim.put_credentials(password=NEW_PASSWORD)
     sim.operator(sim.lifecycle.reset)
     sim.until(100 * 60)
 
@@ -252,22 +487,95 @@ def credentials_missing(sim: Sim) -> None:
     sim.until(100 * 60)
 
 
-FLOWS: dict[str, Callable[[Sim], None]] = {
-    f.__name__: f
-    for f in (
-        auth_exhaustion,
-        three_failures_then_success,
-        ban_then_lift,
-        closure_confirmed,
-        crash_until_recovery_exhausted,
-        credentials_missing,
+LIVE = "Broker-Live"
+OTHER = "Other-Server"
+
+
+def broker_server_outage(sim: Sim) -> None:
+    """Two workers, four accounts each on one broker server and one on another: the
+    server stops answering for 15 minutes. The checks of its 8 terminals find them
+    disconnected within ``server_outage_window``; the 5th
+    (``server_outage_threshold``) takes the server down: one BROKER_SERVER_DOWN, from
+    whichever worker that was. Logins wait, one probe per ``server_probe_interval``;
+    the first probe after the server is back brings one BROKER_SERVER_RECOVERED, and
+    the other worker sees it at its next look."""
+    live: list[list[str]] = []
+    for k in range(len(sim.processes)):
+        ids = [f"w{k + 1}-live-{i}" for i in range(4)]
+        for instance_id in ids:
+            sim.put_credentials(instance_id, LIVE)
+        sim.put_credentials(f"w{k + 1}-other", OTHER)
+        live.append(ids)
+    sim.until(60 + OFF)
+    for k, ids in enumerate(live):
+        sim.add(k, [*ids, f"w{k + 1}-other"])
+    sim.until(5 * 60 + OFF)
+    sim.broker.server_down(LIVE)
+    sim.until(20 * 60 + OFF)
+    sim.broker.server_up(LIVE)
+    sim.until(60 * 60)
+
+
+def closure_while_the_channel_is_down(sim: Sim) -> None:
+    """The broker closes an account while the notifier's channel is down: after its
+    tries the ACCOUNT_CLOSED notification is set aside, and Alertmanager tells a
+    person (MT5NotificationsSetAside, MT5AccountClosed). With the channel back, an
+    operator confirms the closure, whose CREDENTIALS_DELETED is delivered."""
+    sim.put_credentials()
+    sim.broker.open_position(INSTANCE_ID, 1001, "EURUSD", 0.1)
+    sim.until(60 + OFF)
+    sim.add(0, [INSTANCE_ID])
+    sim.until(5 * 60 + OFF)
+    sim.channels(down=True)
+    sim.broker.close_account(INSTANCE_ID)
+    sim.instance(INSTANCE_ID).account_closed()
+    sim.until(30 * 60 + OFF)
+    sim.channels(down=False)
+    sim.operator(sim.instance(INSTANCE_ID).confirm_closure)
+    sim.until(100 * 60)
+
+
+def slow_terminals(sim: Sim) -> None:
+    """For 15 minutes the terminals take 4 s to answer a connection check: 20 checks a
+    minute need 80 s, so the fleet falls behind (MT5ScheduleLag, after its 10
+    minutes); then they answer at once again, the backlog clears and it resolves."""
+    ids = [f"acc-{i}" for i in range(1, 21)]
+    for instance_id in ids:
+        sim.put_credentials(instance_id)
+    sim.until(60 + OFF)
+    sim.add(0, ids)
+    sim.until(10 * 60 + OFF)
+    sim.broker.answer_time = 4.0
+    sim.until(25 * 60 + OFF)
+    sim.broker.answer_time = 0.0
+    sim.until(50 * 60)
+
+
+FLOWS: dict[str, Flow] = {
+    flow.name: flow
+    for flow in (
+        Flow(auth_exhaustion),
+        Flow(three_failures_then_success),
+        Flow(ban_then_lift),
+        Flow(closure_confirmed),
+        Flow(crash_until_recovery_exhausted),
+        Flow(credentials_missing),
+        Flow(broker_server_outage, processes=2, fleet=True),
+        Flow(closure_while_the_channel_is_down, fleet=True),
+        Flow(slow_terminals, fleet=True),
     )
 }
 
 
-def play(flow: str, per_instance: bool) -> Played:
-    sim = Sim(flow, per_instance)
-    FLOWS[flow](sim)
+def target(per_instance: bool, process: int) -> str:
+    """``bot-1``, ``bot-3``, ... export per-instance series; ``bot-2``, ``bot-4``, ... do not."""
+    return f"bot-{2 * process + (1 if per_instance else 2)}:9464"
+
+
+def play(flow: str, per_instance: bool) -> list[Played]:
+    spec = FLOWS[flow]
+    sim = Sim(spec, per_instance, [target(per_instance, k) for k in range(spec.processes)])
+    spec.play(sim)
     return sim.finish()
 
 
@@ -314,10 +622,10 @@ def encode(values: Sequence[float | None]) -> str:
     return " ".join(out)
 
 
-def input_series(played: Played, target: str) -> dict[str, str]:
+def input_series(played: Played) -> dict[str, str]:
     keys = sorted({key for scrape in played.scrapes for key in scrape})
     return {
-        series_name(key, target): encode([scrape.get(key) for scrape in played.scrapes])
+        series_name(key, played.target): encode([scrape.get(key) for scrape in played.scrapes])
         for key in keys
     }
 
@@ -335,46 +643,119 @@ class Firing:
     labels: tuple[tuple[str, str], ...]
     start: int
     end: float
-    fuzzy: tuple[float, float] | None = None
-    """Instants where a Prometheus version may still differ (a range's edge)."""
+    fuzzy: tuple[tuple[float, float], ...] = ()
+    """Open spans where the answer may go either way (a range's edge, a Prometheus
+    version, another worker's next look): no check falls inside them."""
+
+
+def firing(
+    rule: str, labels: Labels, start: int, end: float, *fuzzy: tuple[float, float]
+) -> Firing:
+    pairs = tuple(sorted((k, v) for k, v in labels.items() if v))
+    return Firing(rule, pairs, start, end, fuzzy)
 
 
 def first_scrape(at: float) -> int:
     return math.ceil(at / SCRAPE - 1e-9) * SCRAPE
 
 
-def expected(played: Played, target: str) -> list[Firing]:
+def expected(group: Sequence[Played]) -> list[Firing]:
+    out = [f for played in group for f in target_firings(played)]
+    return out + server_firings(group)
+
+
+def target_firings(played: Played) -> list[Firing]:
+    """The rules that fire per scrape target (and, with per-instance series, per account)."""
     out: list[Firing] = []
-    for kind, at, reason in played.notified:
-        start = first_scrape(at)
-        labels: Labels = {
-            "severity": SEVERITY[kind],
-            "kind": kind.value,
-            "job": JOB,
-            "instance": target,
-        }
-        if played.per_instance and kind not in EVENTS:
-            labels["instance_id"] = INSTANCE_ID
-            if kind in STATE_OF:
-                labels["state"] = STATE_OF[kind]
-                labels["reason"] = "" if reason is None else reason.value
-            ends = [a for a in played.actions if a > at]
-            ends += [t for k, t, _ in played.notified if k is AlertKind.LOGIN_RECOVERED and t > at]
+    target = {"job": JOB, "instance": played.target}
+    for n in played.notified:
+        if n.kind in SERVER_KINDS:
+            continue
+        start = first_scrape(n.at)
+        labels: Labels = {"severity": SEVERITY[n.kind], "kind": n.kind.value, **target}
+        if played.per_instance and n.kind not in EVENTS:
+            labels["instance_id"] = n.instance_id
+            if n.kind in STATE_OF:
+                labels["state"] = STATE_OF[n.kind]
+                labels["reason"] = "" if n.reason is None else n.reason.value
+            ends = [at for at, who in played.actions if who == n.instance_id and at > n.at]
+            ends += [
+                m.at
+                for m in played.notified
+                if m.kind is AlertKind.LOGIN_RECOVERED
+                and m.instance_id == n.instance_id
+                and m.at > n.at
+            ]
             end: float = first_scrape(min(ends)) if ends else math.inf
-            fuzzy = None
+            out.append(firing(RULE_OF[n.kind], labels, start, end))
         else:
-            window = WINDOWS[kind]
-            end = start + window
+            end = start + WINDOWS[n.kind]
             # Prometheus 2 ranges include their left edge, Prometheus 3 does not.
-            fuzzy = (start + window - 2 * SCRAPE, start + window)
-        pairs = tuple(sorted((k, v) for k, v in labels.items() if v))
-        out.append(Firing(RULE_OF[kind], pairs, start, end, fuzzy))
+            out.append(firing(RULE_OF[n.kind], labels, start, end, (end - 2 * SCRAPE, end)))
+    for at in played.set_aside:
+        start = first_scrape(at)
+        end = start + SET_ASIDE_WINDOW
+        labels = {"severity": OPERATIONAL[SET_ASIDE], **target}
+        out.append(firing(SET_ASIDE, labels, start, end, (end - 2 * SCRAPE, end)))
+    late = [at for at, seconds in played.lags if seconds > LAG_THRESHOLD]
+    if late:
+        gaps = [b - a for a, b in itertools.pairwise(late)]
+        # The expectation below holds for one stretch of late steps; say so if not.
+        assert max(gaps, default=0) < LAG_RANGE - 2 * SCRAPE, "late steps in several stretches"
+        held = first_scrape(late[0]) + LAG_FOR
+        over = first_scrape(late[-1]) + LAG_RANGE
+        if over > held:
+            labels = {"severity": OPERATIONAL[LAG], **target}
+            # Edges: the rate's extrapolation and histogram_quantile's interpolation
+            # move them by a scrape or two.
+            edges = ((held - 2 * SCRAPE, held + 2 * SCRAPE), (over - 2 * SCRAPE, over + 2 * SCRAPE))
+            out.append(firing(LAG, labels, held, over, *edges))
+    return out
+
+
+def server_firings(group: Sequence[Played]) -> list[Firing]:
+    """The broker server rules: one alert per server, whichever workers take it as down.
+
+    The worker whose probe found the server back shows it up at once; the others at
+    their next look, within ``server_probe_interval``: MT5BrokerServerDown resolves,
+    and MT5BrokerServerRecovered fires, somewhere in that span.
+    """
+    notes = sorted(
+        (n for p in group for n in p.notified if n.kind in SERVER_KINDS), key=lambda n: n.at
+    )
+    servers = {i: s for p in group for i, s in p.servers.items()}
+    probe = POLICY.server_probe_interval
+    out: list[Firing] = []
+    for n in notes:
+        if n.kind is not AlertKind.BROKER_SERVER_DOWN:
+            continue
+        server = servers[n.instance_id]
+        labels = {"job": JOB, "server": server}
+        down: Labels = {"severity": SEVERITY[n.kind], "kind": n.kind.value, **labels}
+        back = [
+            m.at
+            for m in notes
+            if m.kind is AlertKind.BROKER_SERVER_RECOVERED
+            and m.at > n.at
+            and servers[m.instance_id] == server
+        ]
+        if not back:
+            out.append(firing(RULE_OF[n.kind], down, first_scrape(n.at), math.inf))
+            continue
+        seen_by_one, seen_by_all = first_scrape(back[0]), first_scrape(back[0] + probe)
+        looking = (seen_by_one - SCRAPE, seen_by_all)
+        out.append(firing(RULE_OF[n.kind], down, first_scrape(n.at), seen_by_all, looking))
+        kind = AlertKind.BROKER_SERVER_RECOVERED
+        recovered: Labels = {"severity": SEVERITY[kind], "kind": kind.value, **labels}
+        end = seen_by_all + RECOVERED_WINDOW
+        window_edge = (seen_by_one + RECOVERED_WINDOW - 2 * SCRAPE, end + SCRAPE)
+        out.append(firing(RULE_OF[kind], recovered, seen_by_all, end, looking, window_edge))
     return out
 
 
 def summary(rule: str, labels: Labels) -> str:
     iid = labels.get("instance_id")
-    who = f"MT5 instance {iid}" if iid else f"An MT5 instance behind {labels['instance']}"
+    who = f"MT5 instance {iid}" if iid else f"An MT5 instance behind {labels.get('instance')}"
     if rule == "MT5LoginFailure":
         return f"{who} gave up logging in" + (f" ({labels['reason']})" if iid else "")
     if rule == "MT5RepeatedLoginFailure":
@@ -389,14 +770,30 @@ def summary(rule: str, labels: Labels) -> str:
         return f"{who}: automatic restarts ran out"
     if rule == "MT5CredentialsDeleted":
         return f"MT5 credentials deleted behind {labels['instance']} after a confirmed closure"
+    if rule == "MT5BrokerServerDown":
+        return f"MT5 broker server {labels['server']} is down"
+    if rule == "MT5BrokerServerRecovered":
+        return f"MT5 broker server {labels['server']} answers again"
+    if rule == SET_ASIDE:
+        return f"MT5 notifications set aside behind {labels['instance']}: nobody was told"
+    if rule == LAG:
+        return f"The MT5 fleet behind {labels['instance']} runs its due steps late"
     raise AssertionError(rule)
+
+
+def rule_blocks(rules_text: str) -> dict[str, str]:
+    """Each rule's name -> its text in the rules file."""
+    out: dict[str, str] = {}
+    for block in re.split(r"\n\s*- alert: ", rules_text)[1:]:
+        name, _, body = block.partition("\n")
+        out[name.strip()] = body
+    return out
 
 
 def constant_annotations(rules_text: str) -> dict[str, dict[str, str]]:
     """Each rule's description and runbook_url: fixed strings, read from the rules."""
     out: dict[str, dict[str, str]] = {}
-    for block in re.split(r"\n\s*- alert: ", rules_text)[1:]:
-        name = block.split("\n", 1)[0].strip()
+    for name, block in rule_blocks(rules_text).items():
         description = re.search(r'\n\s*description: "([^"\\]*)"\n', block)
         runbook = re.search(r"\n\s*runbook_url: (\S+)", block)
         assert description and runbook, f"{name}: description or runbook_url not found"
@@ -410,10 +807,9 @@ def checkpoints(firings: Iterable[Firing], last: int) -> list[int]:
         edges = [f.start - SCRAPE, f.start, f.start + SCRAPE]
         if f.end != math.inf:
             end = int(f.end)
-            if f.fuzzy is None:
-                edges += [end - SCRAPE, end, end + SCRAPE]
-            else:
-                edges += [int(f.fuzzy[0]), end, end + SCRAPE]
+            edges += [end - SCRAPE, end, end + SCRAPE]
+        for low, high in f.fuzzy:
+            edges += [int(low), int(high)]
         points.update(t for t in edges if 0 <= t <= last)
     return sorted(points)
 
@@ -423,11 +819,11 @@ def alert_tests(
 ) -> list[dict[str, object]]:
     tests: list[dict[str, object]] = []
     for t in checkpoints(firings, last):
-        for rule in RULE_OF.values():
+        for rule in ALL_RULES:
             mine = [f for f in firings if f.rule == rule]
-            if any(f.fuzzy and f.fuzzy[0] < t < f.fuzzy[1] for f in mine):
+            if any(low < t < high for f in mine for low, high in f.fuzzy):
                 continue
-            firing = sorted({f.labels for f in mine if f.start <= t < f.end})
+            now = sorted({f.labels for f in mine if f.start <= t < f.end})
             if not mine and t % 600 and t != last:
                 continue
             tests.append(
@@ -442,7 +838,7 @@ def alert_tests(
                                 **annotations[rule],
                             },
                         }
-                        for labels in firing
+                        for labels in now
                     ],
                 }
             )
@@ -452,43 +848,52 @@ def alert_tests(
 # --- the test file ----------------------------------------------------------------
 
 
-PER_INSTANCE_TARGET = "bot-1:9464"
-FLEET_TARGET = "bot-2:9464"
+PER_INSTANCE_TARGET = target(per_instance=True, process=0)
+FLEET_TARGET = target(per_instance=False, process=0)
+
+Group = tuple[str, list[Played]]
 
 
-def groups() -> list[tuple[str, list[tuple[Played, str]]]]:
-    """Each flow on two targets scraped side by side: one exports per-instance series,
-    the other does not, so every group checks both modes and that a rule never fires
-    twice for one target."""
-    return [
-        (
-            f"{flow}: {PER_INSTANCE_TARGET} per_instance=True, {FLEET_TARGET} per_instance=False",
-            [
-                (play(flow, per_instance=True), PER_INSTANCE_TARGET),
-                (play(flow, per_instance=False), FLEET_TARGET),
-            ],
-        )
-        for flow in FLOWS
-    ]
+def groups() -> list[Group]:
+    """A flow of one process on two targets scraped side by side, one exporting
+    per-instance series and the other not, so that the group checks both modes and
+    that a rule never fires twice for one target. A flow of several workers once per
+    mode (a rule that aggregates over workers cannot tell two modes apart)."""
+    out: list[Group] = []
+    for name, flow in FLOWS.items():
+        if flow.processes == 1:
+            out.append(
+                (
+                    f"{name}: {PER_INSTANCE_TARGET} per_instance=True, "
+                    f"{FLEET_TARGET} per_instance=False",
+                    [*play(name, per_instance=True), *play(name, per_instance=False)],
+                )
+            )
+            continue
+        for per_instance in (True, False):
+            played = play(name, per_instance)
+            workers = ", ".join(p.target for p in played)
+            out.append((f"{name}: workers {workers} per_instance={per_instance}", played))
+    return out
 
 
-def build(rules: Path = RULES, rule_file: str | None = None) -> dict[str, object]:
+def build(
+    rules: Path = RULES, rule_file: str | None = None, played: Sequence[Group] | None = None
+) -> dict[str, object]:
     annotations = constant_annotations(rules.read_text(encoding="utf-8"))
     tests = []
-    for name, targets in groups():
+    for name, targets in groups() if played is None else played:
         series: dict[str, str] = {}
-        firings: list[Firing] = []
         last = 0
-        for played, target in targets:
-            series.update(input_series(played, target))
-            firings += expected(played, target)
-            last = max(last, (len(played.scrapes) - 1) * SCRAPE)
+        for one in targets:
+            series.update(input_series(one))
+            last = max(last, (len(one.scrapes) - 1) * SCRAPE)
         tests.append(
             {
                 "name": name,
                 "interval": f"{SCRAPE}s",
                 "input_series": [{"series": s, "values": v} for s, v in sorted(series.items())],
-                "alert_rule_test": alert_tests(firings, last, annotations),
+                "alert_rule_test": alert_tests(expected(targets), last, annotations),
             }
         )
     return {
@@ -561,8 +966,13 @@ def promtool() -> str:
 
 
 @pytest.fixture(scope="module")
-def built() -> dict[str, object]:
-    return build(RULES)
+def played() -> list[Group]:
+    return groups()
+
+
+@pytest.fixture(scope="module")
+def built(played: list[Group]) -> dict[str, object]:
+    return build(RULES, played=played)
 
 
 @pytest.fixture(scope="module")
@@ -580,6 +990,14 @@ def rules_text() -> str:
     return RULES.read_text(encoding="utf-8")
 
 
+def rule_labels() -> dict[str, dict[str, str]]:
+    """Each rule's ``kind`` and ``severity`` labels, as the rules file gives them."""
+    return {
+        name: dict(re.findall(r"^\s+(kind|severity): (\w+)$", block, re.M))
+        for name, block in rule_blocks(rules_text()).items()
+    }
+
+
 def test_the_rules_file_ships_with_the_package() -> None:
     shipped = files("mt5lifecycle").joinpath("rules/alerts.yml").read_text(encoding="utf-8")
     assert shipped == rules_text()
@@ -588,56 +1006,108 @@ def test_the_rules_file_ships_with_the_package() -> None:
 def test_promtool_accepts_the_rules(promtool: str) -> None:
     result = run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert f"SUCCESS: {len(ALL_RULES)} rules found" in result.stdout
 
 
 def test_there_is_one_rule_per_alert_kind() -> None:
-    names = re.findall(r"^\s*- alert: (\w+)$", rules_text(), re.M)
-    kinds = re.findall(r"^\s*kind: (\w+)$", rules_text(), re.M)
+    """Every AlertKind has exactly one rule, labelled with it; the operational rules
+    (not AlertKinds) carry no kind label, so routing by kind never mistakes them."""
+    labels = rule_labels()
+    kinds = [rule["kind"] for rule in labels.values() if "kind" in rule]
     assert sorted(kinds) == sorted(k.value for k in AlertKind)
-    expected_names = {k.value: rule for k, rule in RULE_OF.items()}
-    assert dict(zip(kinds, names, strict=True)) == expected_names
-    severities = re.findall(r"^\s*severity: (\w+)$", rules_text(), re.M)
-    expected_severities = {k.value: s for k, s in SEVERITY.items()}
-    assert dict(zip(kinds, severities, strict=True)) == expected_severities
+    by_kind = {rule["kind"]: name for name, rule in labels.items() if "kind" in rule}
+    assert by_kind == {k.value: rule for k, rule in RULE_OF.items()}
+    assert {name for name, rule in labels.items() if "kind" not in rule} == set(OPERATIONAL)
+    severities = {name: rule.get("severity") for name, rule in labels.items()}
+    assert severities == {**{RULE_OF[k]: SEVERITY[k] for k in AlertKind}, **OPERATIONAL}
 
 
-def test_every_runbook_url_points_at_a_runbook_section() -> None:
-    headings = re.findall(r"^## (\w+)$", RUNBOOKS.read_text(encoding="utf-8"), re.M)
+def test_every_runbook_url_points_at_its_runbook_section() -> None:
+    headings = re.findall(r"^#{2,3} (\w+)$", RUNBOOKS.read_text(encoding="utf-8"), re.M)
     anchors = {h.lower() for h in headings}
-    urls = re.findall(r"runbook_url: docs/operations/alerts\.md#(\S+)$", rules_text(), re.M)
-    assert len(urls) == len(AlertKind)
-    assert set(urls) <= anchors
-    assert set(RULE_OF.values()) <= set(headings)
+    urls = {
+        name: re.findall(r"runbook_url: docs/operations/alerts\.md#(\S+)$", block, re.M)
+        for name, block in rule_blocks(rules_text()).items()
+    }
+    assert set(urls) == set(ALL_RULES)
+    assert urls == {name: [name.lower()] for name in ALL_RULES}
+    assert {name.lower() for name in ALL_RULES} <= anchors
 
 
 def test_the_flows_show_every_rule_firing_and_resolving_in_both_modes(
-    built: dict[str, object],
+    played: list[Group], built: dict[str, object]
 ) -> None:
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, bool, str]] = set()
     tests = built["tests"]
     assert isinstance(tests, list)
-    for group in tests:
-        fired: set[tuple[str, str]] = set()
+    for (_, targets), group in zip(played, tests, strict=True):
+        mode_of = {p.target: p.per_instance for p in targets}
+        modes = set(mode_of.values())
+        fired: dict[tuple[str, str], set[bool]] = {}
         for check in group["alert_rule_test"]:
             rule = check["alertname"]
-            firing = {a["exp_labels"]["instance"] for a in check["exp_alerts"]}
-            for target in (PER_INSTANCE_TARGET, FLEET_TARGET):
-                if target in firing:
-                    fired.add((rule, target))
-                    seen.add((rule, target, "fires"))
-                elif (rule, target) in fired:
-                    seen.add((rule, target, "resolves"))
-    for rule in RULE_OF.values():
-        for target in (PER_INSTANCE_TARGET, FLEET_TARGET):
-            assert (rule, target, "fires") in seen, f"{rule} never fires on {target}"
-            assert (rule, target, "resolves") in seen, f"{rule} never resolves on {target}"
+            now: dict[tuple[str, str], set[bool]] = {}
+            for alert in check["exp_alerts"]:
+                instance = alert["exp_labels"].get("instance")
+                if instance is not None:
+                    now[(rule, instance)] = {mode_of[instance]}
+                elif len(modes) == 1:
+                    # Aggregated over the workers: only a group of one mode tells.
+                    now[(rule, "all workers")] = modes
+            for key, key_modes in now.items():
+                fired[key] = key_modes
+                seen.update((rule, mode, "fires") for mode in key_modes)
+            for key, key_modes in fired.items():
+                if key[0] == rule and key not in now:
+                    seen.update((rule, mode, "resolves") for mode in key_modes)
+    for rule in ALL_RULES:
+        for per_instance in (True, False):
+            assert (rule, per_instance, "fires") in seen, f"{rule} never fires ({per_instance=})"
+            assert (rule, per_instance, "resolves") in seen, (
+                f"{rule} never resolves ({per_instance=})"
+            )
+
+
+def test_the_outage_is_one_down_and_one_recovered_across_workers(played: list[Group]) -> None:
+    """What the server rules are tested against: the flow really is one outage seen by
+    two workers, not two outages, nor one worker's."""
+    for name, targets in played:
+        if not name.startswith("broker_server_outage"):
+            continue
+        kinds = [(n.kind, p.target) for p in targets for n in p.notified if n.kind in SERVER_KINDS]
+        assert sorted(k.value for k, _ in kinds) == [
+            "BROKER_SERVER_DOWN",
+            "BROKER_SERVER_RECOVERED",
+        ]
+        shown = {
+            p.target
+            for p in targets
+            for scrape in p.scrapes
+            for (series, labels), value in scrape.items()
+            if series == "mt5lifecycle_broker_server_down" and value == 1
+        }
+        assert shown == {p.target for p in targets}, "each worker takes the server as down"
+        # Every other login went on: no account used up a count on the down server.
+        for p in targets:
+            assert not [n for n in p.notified if n.kind is AlertKind.LOGIN_FAILURE]
+            assert not [n for n in p.notified if n.kind is AlertKind.AUTO_RECOVERY_FAILURE]
+
+
+def test_the_operational_flows_exercise_their_rules(played: list[Group]) -> None:
+    by_flow = {name.split(":")[0]: targets for name, targets in played}
+    assert all(p.set_aside for p in by_flow["closure_while_the_channel_is_down"])
+    for p in by_flow["slow_terminals"]:
+        late = [seconds for _, seconds in p.lags if seconds > LAG_THRESHOLD]
+        assert late and max(late) > 60, "the fleet fell more than a check interval behind"
+        assert p.lags[-1][1] == 0, "and caught up"
 
 
 def test_the_input_series_never_hold_a_password(promtool_file: Path) -> None:
     text = promtool_file.read_text(encoding="utf-8")
     assert PASSWORD not in text
+    assert NEW_PASSWORD not in text
     assert "mt5lifecycle_instance_state" in text
+    assert "mt5lifecycle_broker_server_down" in text
 
 
 def test_the_rules_fire_and_resolve_as_the_library_notifies(
@@ -648,12 +1118,47 @@ def test_the_rules_fire_and_resolve_as_the_library_notifies(
 
 
 def exported_series() -> set[str]:
+    """Every series the adapter exports, each of its methods called once."""
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry)
     metrics.transition("acc-1", None, State.CONNECTING, None)
     metrics.login("acc-1", None, 0)
     metrics.restart("acc-1", 1)
     metrics.error("archive", "acc-1")
+    notification = Notification(
+        kind=AlertKind.LOGIN_FAILURE,
+        instance_id="acc-1",
+        reason=None,
+        message="m",
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    metrics.alert(notification)
+    metrics.set_aside(notification)
+    metrics.lag(0.5)
+    metrics.server("demo-server", True)
+    health = Health(
+        instance_id="acc-1",
+        healthy=True,
+        connected=True,
+        identity_verified=True,
+        last_check_age=3.0,
+        reason=None,
+        uptime_5m=1.0,
+        uptime_1h=1.0,
+        uptime_1d=1.0,
+    )
+    metrics.health(
+        FleetHealth(
+            instances=1,
+            connected=1,
+            healthy=1,
+            unhealthy=(),
+            uptime_5m=1.0,
+            uptime_1h=1.0,
+            uptime_1d=1.0,
+        )
+    )
+    metrics.instance_health([health])
     return {
         sample.name
         for family in registry.collect()
@@ -672,6 +1177,13 @@ def test_the_rules_and_the_dashboard_read_only_series_the_adapter_exports() -> N
     for text in (rules_text(), *dashboard_queries()):
         used = set(re.findall(r"mt5lifecycle_[a-z_]+", text))
         assert used <= exported, used - exported
+
+
+def test_the_dashboard_shows_every_series_a_rule_reads() -> None:
+    """An operator paged by a rule finds what it read on the dashboard."""
+    shown = {s for expr in dashboard_queries() for s in re.findall(r"mt5lifecycle_[a-z_]+", expr)}
+    read = set(re.findall(r"mt5lifecycle_[a-z_]+", rules_text())) - {"mt5lifecycle_exporter_info"}
+    assert read <= shown, read - shown
 
 
 def test_the_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:

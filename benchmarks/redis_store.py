@@ -10,7 +10,8 @@ too).
 It prints, from one run:
 - Redis commands and round trips per transition, from ``INFO commandstats`` deltas
   (a script's inner GET/SET/DEL/INCR are commands, not round trips; the EVALSHA that
-  ran them is the one round trip);
+  ran them is the one round trip), and per login step as ``Lifecycle`` takes it (the
+  login lock, then the result's commit, which gives the lock back in the same script);
 - transitions per second from one process (commits of a realistic snapshot change,
   each checked against its version), next to the ceiling ``redis-benchmark -c 1 -P 1
   -t set`` measures on the same server in the same run, and their ratio (goal:
@@ -47,7 +48,7 @@ from mt5lifecycle.core.answers import Account
 from mt5lifecycle.core.records import Notification
 from mt5lifecycle.core.snapshot import Snapshot, utc
 from mt5lifecycle.core.states import AlertKind, ConnectionState, Due, Reason, State
-from mt5lifecycle.ports import Commit
+from mt5lifecycle.ports import Commit, LockToken
 
 T0 = 1767225600.0
 
@@ -119,14 +120,21 @@ def private_server() -> Iterator[int]:
         text=True,
     )
     assert process.stdout is not None
-    for line in process.stdout:
-        if "Ready to accept connections" in line:
-            break
     try:
+        for line in process.stdout:
+            if "Ready to accept connections" in line:
+                break
+        else:
+            raise RuntimeError(f"redis-server on port {port} did not start")
         yield port
     finally:
+        # Stopped by its own pid, never by name: other servers on this machine are not ours.
         process.terminate()
-        process.wait()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         process.stdout.close()
 
 
@@ -186,14 +194,17 @@ def run(port: int, seconds: float, instances: int, rounds: int) -> None:
         commits = delta(before, commandstats(client))
         before = commandstats(client)
         for _ in range(n):
+            # As Lifecycle logs in: the lock, then the result's commit, which gives the
+            # lock back in the same script (LockToken.release_on_commit).
             lock = store.acquire_lock("warm", 30.0)
             assert lock is not None
-            stored = store.load("warm")
-            assert stored is not None
+            releasing = LockToken(lock.instance_id, lock.token, release_on_commit=True)
             version = store.commit(
-                "warm", snapshots[version % len(snapshots)], expected_version=version, lock=lock
+                "warm",
+                snapshots[version % len(snapshots)],
+                expected_version=version,
+                lock=releasing,
             )
-            store.release_lock(lock)
         logins = delta(before, commandstats(client))
         before = commandstats(client)
         for _ in range(n):
@@ -206,7 +217,7 @@ def run(port: int, seconds: float, instances: int, rounds: int) -> None:
             f"  round trips {commits.get('evalsha', 0) / n:.2f}, commands "
             f"{sum(commits.values()) / n:.2f} ({breakdown(commits, n)})"
         )
-        print("per login step (acquire_lock + load + commit under the lock + release_lock):")
+        print("per login step (acquire_lock, then the commit that releases it, as Lifecycle does):")
         print(
             f"  round trips {logins.get('evalsha', 0) / n:.2f}, commands "
             f"{sum(logins.values()) / n:.2f} ({breakdown(logins, n)})"

@@ -60,6 +60,9 @@ __all__ = [
 TerminalKind = Literal["module", "process", "mt5linux", "fake"]
 TERMINAL_KINDS: Final = ("module", "process", "mt5linux", "fake")
 ROLES: Final = ("viewer", "operator")
+MIN_TOKEN_LENGTH: Final = 32
+"""The web app's ``MIN_SECRET_LENGTH`` (``mt5lifecycle.web.auth``, which needs starlette,
+so it is not imported here): ``--check`` refuses what ``serve`` would refuse at start."""
 START_METHODS: Final = ("spawn", "forkserver", "fork")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -687,8 +690,13 @@ def _http(r: _Reader, doc: Mapping[str, Any]) -> HttpSettings | None:
             r.problem(at, "token", "is required")
             continue
         secret = r.secret(raw, at, "token", inline="is a token")
-        if secret is not None and len(secret.value) < 16:
-            r.problem(at, "token", f"{secret.source} is shorter than 16 characters")
+        if secret is not None and len(secret.value) < MIN_TOKEN_LENGTH:
+            r.problem(
+                at,
+                "token",
+                f"{secret.source} is shorter than {MIN_TOKEN_LENGTH} characters (python -c "
+                '"import secrets; print(secrets.token_urlsafe(32))")',
+            )
             secret = None
         if role is not None and secret is not None:
             tokens.append(Token(name=name, secret=secret, role=role))

@@ -91,6 +91,35 @@ def _serve(ctx: Context) -> int:
     return code
 
 
+def _shared_flags(*, nested: bool = False) -> tuple[_Parser, _Parser]:
+    """The flags every command takes, and the servers' flags.
+
+    ``nested`` is for a command's own subcommand (``notifications redeliver``): its
+    flags default to absent, so that a flag given before the subcommand is not
+    overwritten by the subcommand's default (argparse copies a subparser's defaults
+    over what its parent parsed).
+    """
+    default: object = argparse.SUPPRESS if nested else None
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if nested else False,
+        help="log what the library does",
+    )
+    servers = _Parser(add_help=False)
+    for flag, metavar, text in (
+        ("--redis", "URL", f"Redis URL (or {ENV_REDIS})"),
+        ("--postgres", "DSN", f"PostgreSQL DSN (or {ENV_POSTGRES})"),
+        ("--archive", "PATH", f"DuckDB archive (or {ENV_ARCHIVE})"),
+        ("--prefix", None, f"Redis key prefix (or {ENV_PREFIX})"),
+        ("--schema", None, f"PostgreSQL schema (or {ENV_SCHEMA})"),
+    ):
+        servers.add_argument(flag, metavar=metavar, default=default, help=text)
+    return common, servers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mt5lifecycle",
@@ -102,15 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mt5lifecycle {__version__}")
 
-    common = _Parser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
-
-    servers = _Parser(add_help=False)
-    servers.add_argument("--redis", metavar="URL", help=f"Redis URL (or {ENV_REDIS})")
-    servers.add_argument("--postgres", metavar="DSN", help=f"PostgreSQL DSN (or {ENV_POSTGRES})")
-    servers.add_argument("--archive", metavar="PATH", help=f"DuckDB archive (or {ENV_ARCHIVE})")
-    servers.add_argument("--prefix", help=f"Redis key prefix (or {ENV_PREFIX})")
-    servers.add_argument("--schema", help=f"PostgreSQL schema (or {ENV_SCHEMA})")
+    common, servers = _shared_flags()
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -172,6 +193,45 @@ def build_parser() -> argparse.ArgumentParser:
                 help="try credentials once more that exhausted their attempts",
             )
         command.set_defaults(handler=handler)
+
+    notes = sub.add_parser(
+        "notifications",
+        parents=[common, servers],
+        help="the alerts set aside after every try: list them, or redeliver them",
+        description="List the notifications the relay set aside after every try "
+        "(Policy.max_delivery_attempts), oldest first; 'notifications redeliver ID' puts "
+        "them back for delivery.",
+    )
+    notes.add_argument(
+        "--instance",
+        action="append",
+        dest="instances",
+        metavar="ID",
+        help="only this instance's (repeatable)",
+    )
+    notes.add_argument("--json", action="store_true", help="JSON instead of text")
+    notes.set_defaults(handler=operator.cmd_notifications)
+    notes_sub = notes.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    nested_common, nested_servers = _shared_flags(nested=True)
+    redeliver_text = (
+        "put an instance's set-aside notifications back for delivery (all, or --id ones); "
+        "the process that drives the instance delivers them"
+    )
+    redeliver = notes_sub.add_parser(
+        "redeliver",
+        parents=[nested_common, nested_servers],
+        help=redeliver_text,
+        description=redeliver_text,
+    )
+    redeliver.add_argument("instance_id", metavar="ID")
+    redeliver.add_argument(
+        "--id",
+        action="append",
+        dest="ids",
+        metavar="NOTIFICATION",
+        help="only this notification id (repeatable; default: all of the instance's)",
+    )
+    redeliver.set_defaults(handler=operator.cmd_redeliver)
 
     def account(command: argparse.ArgumentParser) -> None:
         command.add_argument("instance_id", metavar="ID")

@@ -1,9 +1,11 @@
-"""The operator's commands on live instances: status, reset, disable, confirm-closure, history.
+"""The operator's commands on live instances: status, reset, disable, confirm-closure,
+history, and the set-aside notifications (list, redeliver).
 
 They change the stored state only. The process that drives an instance (``serve``, a
 ``Fleet`` or the host's own loop) owns its terminal and carries out what the new
-state asks for; these commands never talk to a terminal. Every action is archived
-with the OS user who ran it, refused ones too.
+state asks for, and delivers what is put back in its outbox; these commands never
+talk to a terminal or a notifier. Every action is archived with the OS user who ran
+it, refused ones too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..core.ids import check_instance_id
 from ..core.snapshot import Snapshot
 from ..core.states import Due, State
 from ..errors import InvalidTransition, StoreUnavailable
+from ..ports import OutboxStore
 from ..runtime.backends import Backends
 from ..runtime.lifecycle import Lifecycle
 from .common import (
@@ -29,6 +32,7 @@ from .common import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
     EXIT_UNKNOWN,
     EXIT_USAGE,
     CliError,
@@ -40,11 +44,15 @@ from .common import (
     iso,
     name_of,
     need,
+    no_outbox,
+    oldest_first,
     open_archive,
     open_postgres,
     open_redis,
     operator_name,
     read_archive,
+    redelivery_detail,
+    set_aside_dict,
     snapshot_dict,
     table,
     write_audit,
@@ -173,8 +181,14 @@ def _operator_lifecycle(ctx: Context, command: str, *, closure: bool = False) ->
     instance_id = check_instance_id(ctx.args.instance_id)
     state = _state_store(ctx, command)
     credentials: CredentialStore = UnconfiguredCredentials()
+    s = ctx.settings
+    if command == "reset" and s.postgres_dsn:
+        # A reset asks the credential store whether the credentials are known to be bad
+        # (SPEC 15); without one configured, only a reset that needs that answer fails.
+        pg = open_postgres(s.postgres_dsn, s.keys, s.schema)
+        ctx.later(pg.close)
+        credentials = pg
     if closure:
-        s = ctx.settings
         dsn = need("the PostgreSQL credential store", s.postgres_dsn, "--postgres DSN",
                     ENV_POSTGRES, command)  # fmt: skip
         pg = open_postgres(dsn, s.keys, s.schema)
@@ -239,9 +253,12 @@ def cmd_reset(ctx: Context) -> int:
     before = _describe(lifecycle.snapshot())
     lifecycle.reset(force=bool(ctx.args.force), by=operator_name())
     _archive_check(ctx, lifecycle)
+    after = lifecycle.snapshot()
+    forced = after is not None and after.forced_try
+    what = "one more try with the same credentials" if forced else "counters cleared"
     ctx.out.write(
-        f"{lifecycle.instance_id}: {before} -> {_describe(lifecycle.snapshot())}; counters "
-        "cleared, login due now (the process that drives the instance logs it in)\n"
+        f"{lifecycle.instance_id}: {before} -> {_describe(lifecycle.snapshot())}; {what}, "
+        "login due now (the process that drives the instance logs it in)\n"
     )
     return EXIT_OK
 
@@ -345,4 +362,78 @@ def cmd_history(ctx: Context) -> int:
     events.sort(key=lambda e: (e[0], e[1]))
     for at, _, text in events:
         ctx.out.write(f"{iso(at)}  {text}\n")
+    return EXIT_OK
+
+
+def _outbox(store: object) -> OutboxStore:
+    if not isinstance(store, OutboxStore):
+        raise CliError(no_outbox(store), EXIT_UNAVAILABLE)
+    return store
+
+
+def cmd_notifications(ctx: Context) -> int:
+    """The set-aside notifications, oldest set aside first."""
+    instances = [check_instance_id(i) for i in ctx.args.instances or ()]
+    store = _outbox(_state_store(ctx, "notifications"))
+    rows = [
+        set_aside_dict(i) for i in oldest_first(store.set_aside_notifications(instances or None))
+    ]
+    if ctx.args.json:
+        ctx.out.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    if not rows:
+        which = f" of {', '.join(instances)}" if instances else ""
+        ctx.out.write(
+            f"no set-aside notifications{which} under the prefix {ctx.settings.prefix!r}\n"
+        )
+        return EXIT_OK
+    table(
+        ctx.out,
+        ("instance", "notification", "kind", "raised", "set aside", "error"),
+        [
+            (r["instance_id"], r["notification_id"], r["kind"], r["at"], r["set_aside_at"],
+             r["error"])
+            for r in rows
+        ],
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_redeliver(ctx: Context) -> int:
+    """Put an instance's set-aside notifications back in its outbox."""
+    lifecycle = _operator_lifecycle(ctx, "redeliver")  # unknown: 4; closure confirmed: 1
+    instance_id = lifecycle.instance_id
+    store = _outbox(lifecycle.backends.state)
+    ids = list(dict.fromkeys(ctx.args.ids)) if ctx.args.ids else None
+    missing: list[str] = []
+    if ids is not None:
+        present = {s.notification.id for s in store.set_aside_notifications([instance_id])}
+        missing = [i for i in ids if i not in present]
+    moved = store.redeliver(instance_id, ids)
+    snapshot = lifecycle.snapshot()
+    state = None if snapshot is None else snapshot.status
+    archive = lifecycle.backends.archive
+    write_audit(
+        ctx,
+        None if isinstance(archive, NullArchive) else archive,
+        instance_id,
+        "redeliver",
+        state,
+        state,
+        "done",
+        redelivery_detail(moved, ids),
+    )
+    if missing:
+        ctx.err.write(
+            f"warning: not set aside for {instance_id} (redelivered already, or no such "
+            f"id): {', '.join(missing)}\n"
+        )
+    if not moved:
+        ctx.out.write(f"{instance_id}: nothing to redeliver, nothing was changed\n")
+        return EXIT_OK
+    ctx.out.write(
+        f"{instance_id}: {moved} set-aside notification(s) put back for delivery; the "
+        "process that drives the instance hands them to its notifiers when it next reads "
+        "the instance back\n"
+    )
     return EXIT_OK

@@ -39,7 +39,13 @@ from ..core.ids import check_instance_id
 from ..core.policy import Policy
 from ..core.snapshot import Snapshot
 from ..core.states import State
-from ..errors import InvalidTransition, LeaseHeld, StoreUnavailable, Unrecoverable
+from ..errors import (
+    ConcurrentUpdate,
+    InvalidTransition,
+    LeaseHeld,
+    StoreUnavailable,
+    Unrecoverable,
+)
 from ..ports import (
     BatchingStateStore,
     HealthMetrics,
@@ -245,13 +251,22 @@ class Fleet:
             started = self._start_all(held, stored)
             for instance_id in held:
                 outcome = started[instance_id]
-                if isinstance(outcome, (InvalidTransition, StoreUnavailable)):
+                if isinstance(outcome, (InvalidTransition, StoreUnavailable, ConcurrentUpdate)):
+                    # A previous driver's last write landing now is a ConcurrentUpdate:
+                    # not ours yet; a later adopt() tries again.
                     log.warning("instance %s not adopted: %s", instance_id, outcome)
                     leases.release([instance_id], self.owner)
                     continue
                 if isinstance(outcome, BaseException):
                     raise outcome
-                self._enlist(outcome)
+                try:
+                    self._enlist(outcome)
+                except (ConcurrentUpdate, StoreUnavailable) as exc:
+                    # Another driver still writes it, or the store went away: not ours
+                    # yet; a later adopt() tries again.
+                    log.warning("instance %s not adopted: %s", instance_id, exc)
+                    leases.release([instance_id], self.owner)
+                    continue
                 adopted.append(instance_id)
         if adopted and self._kick is not None:
             self._kick.set()

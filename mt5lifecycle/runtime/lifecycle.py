@@ -68,6 +68,8 @@ _MAX_STEPS = 64
 """Due steps one ``run_due`` call takes at most; each one moves time or state on."""
 
 _STALE = (ConcurrentUpdate, LockLost)
+# A takeover races at most the previous driver's last writes in flight.
+_FENCE_TRIES: Final = 3
 _OPERATOR_STEPS = frozenset({Due.CLOSE_TRADES, Due.SETTLE_TRADE, Due.CLEANUP, Due.PURGE})
 """Steps that follow an event at once, while the terminal still answers: closing a
 closed account's trades, and a confirmed closure's cleanup."""
@@ -762,13 +764,24 @@ class Lifecycle:
 
         Storing the same snapshot again bumps the version, so a write the previous
         driver still had in flight (a worker that lost its lease while paused) is
-        refused as stale instead of landing after the takeover.
+        refused as stale instead of landing after the takeover. A write of the previous
+        driver that landed between our read and the fence is taken in and fenced over
+        (it was made before the takeover); ``ConcurrentUpdate`` only if that keeps
+        happening.
         """
-        snap = self._snap
-        if snap is not None and not self.deleted:
-            self._version = self.backends.state.commit(
-                self.instance_id, snap, expected_version=self._version
-            )
+        for attempt in range(_FENCE_TRIES):
+            snap = self._snap
+            if snap is None or self.deleted:
+                return
+            try:
+                self._version = self.backends.state.commit(
+                    self.instance_id, snap, expected_version=self._version
+                )
+                return
+            except ConcurrentUpdate:
+                if attempt == _FENCE_TRIES - 1:
+                    raise
+                self._reload()
 
     # --- helpers ---------------------------------------------------------------
 

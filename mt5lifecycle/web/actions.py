@@ -2,7 +2,8 @@
 
 Each action names its operator (``by=``), so the lifecycle archives it as an
 ``AuditRecord``, done or refused (reset, disable and confirm-closure are audited by the
-lifecycle itself; adding an account and replacing credentials are audited here).
+lifecycle itself; adding an account, replacing credentials and redelivering set-aside
+notifications are audited here).
 
 Where an action runs:
 
@@ -24,15 +25,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import attrs
 
+from ..cli.common import no_outbox, oldest_first, redelivery_detail
 from ..core.credentials import Credentials
+from ..core.health import FleetHealth, Health
 from ..core.policy import Policy
 from ..core.records import AuditRecord, LoginResult, Order, Position, TradeResult
 from ..core.snapshot import Snapshot, utc
 from ..core.states import State, TerminalStatus
+from ..errors import InvalidTransition
+from ..ports import OutboxStore, SetAside
 from ..runtime.backends import Backends
 from ..runtime.fleet import Fleet
 from ..runtime.lifecycle import Lifecycle
@@ -106,18 +112,52 @@ class Operations:
         """Whether the archive remembers a confirmed closure for the id."""
         return self.backends.archive.is_confirmed(instance_id)
 
+    def fleet_health(self) -> FleetHealth | None:
+        """The fleet's health, or ``None`` without a fleet in this process: health is
+        measured by the process that drives the instances, never read from the store."""
+        if self.fleet is None:
+            return None
+        report = self.fleet.health()
+        assert isinstance(report, FleetHealth)
+        return report
+
+    def health(self, instance_id: str) -> Health | None:
+        """An instance's health, or ``None`` when no fleet here drives it."""
+        fleet = self.fleet
+        if fleet is None or instance_id not in fleet:
+            return None
+        try:
+            report = fleet.health(instance_id)
+        except KeyError:
+            return None  # it left the fleet meanwhile (a lease lost)
+        assert isinstance(report, Health)
+        return report
+
+    def set_aside(self, instance_ids: Sequence[str] | None = None) -> list[SetAside]:
+        """The notifications set aside after their tries (for these instances, or all),
+        oldest set aside first; ``WebError`` 501 for a store that keeps no outbox."""
+        return oldest_first(self._outbox().set_aside_notifications(instance_ids))
+
+    def _outbox(self) -> OutboxStore:
+        state = self.backends.state
+        if not isinstance(state, OutboxStore):
+            raise WebError.unsupported(no_outbox(state))
+        return state
+
     # --- actions -----------------------------------------------------------------
 
     def reset(self, by: str, instance_id: str, *, force: bool = False) -> Snapshot | None:
-        return self._act(instance_id, lambda lc: lc.reset(force=force, by=by))
+        return self._act(by, instance_id, "reset", lambda lc: lc.reset(force=force, by=by))
 
     def disable(self, by: str, instance_id: str) -> Snapshot | None:
-        return self._act(instance_id, lambda lc: lc.disable(by=by))
+        return self._act(by, instance_id, "disable", lambda lc: lc.disable(by=by))
 
     def confirm_closure(self, by: str, instance_id: str) -> None:
-        self._act(instance_id, lambda lc: lc.confirm_closure(by=by))
+        self._act(by, instance_id, "confirm_closure", lambda lc: lc.confirm_closure(by=by))
 
-    def _act(self, instance_id: str, action: Callable[[Lifecycle], None]) -> Snapshot | None:
+    def _act(
+        self, by: str, instance_id: str, event: str, action: Callable[[Lifecycle], None]
+    ) -> Snapshot | None:
         fleet = self.fleet
         if fleet is not None and instance_id in fleet:
 
@@ -130,10 +170,23 @@ class Operations:
             except KeyError:
                 pass  # it left the fleet meanwhile (a lease lost): act on the store
         lifecycle = Lifecycle(instance_id, self._store, self.policy)
-        if lifecycle.snapshot() is None and not self.confirmed(instance_id):
-            raise WebError.not_found(instance_id)
+        if lifecycle.snapshot() is None:
+            self._refuse_gone(by, instance_id, event)
         action(lifecycle)
         return lifecycle.snapshot()
+
+    def _refuse_gone(self, by: str, instance_id: str, event: str) -> NoReturn:
+        """An action on an id with no live state: 404, or refused when its closure was
+        confirmed. A fresh lifecycle would refuse it "before start()", which tells an
+        operator nothing: this says why, as the command line does, and archives the
+        refusal as the lifecycle archives its own."""
+        if not self.confirmed(instance_id):
+            raise WebError.not_found(instance_id)
+        detail = "its account closure was confirmed; a closed account never comes back"
+        self._audit(by, instance_id, event, None, None, "refused", detail)
+        raise InvalidTransition(
+            instance_id=instance_id, event=event, state=State.INACTIVE.value, detail=detail
+        )
 
     def add(self, by: str, instance_id: str, credentials: Credentials) -> Snapshot | None:
         """Store the credentials of a new account and start it."""
@@ -235,6 +288,50 @@ class Operations:
             "done",
             _account(credentials),
         )
+
+    def redeliver(
+        self, by: str, instance_id: str, notification_ids: Sequence[str] | None = None
+    ) -> int:
+        """Put the instance's set-aside notifications (all, or these) back in its
+        outbox; how many were moved.
+
+        The store moves the instance's version with them, so the process that drives
+        it reads it back and hands them over (within ``connection_check_interval``);
+        when that is the fleet here, it reads it back now. An id with no live state is
+        refused: no process drives it, so nothing would deliver them.
+        """
+        snapshot = self.snapshot(instance_id)
+        state = None if snapshot is None else snapshot.status
+        store = self.backends.state
+        if not isinstance(store, OutboxStore):
+            self._audit(by, instance_id, "redeliver", state, state, "refused", "no outbox")
+            raise WebError.unsupported(no_outbox(store))
+        if snapshot is None:
+            self._refuse_gone(by, instance_id, "redeliver")
+        moved = store.redeliver(instance_id, notification_ids)
+        if moved:
+            self._read_back(instance_id)
+        detail = redelivery_detail(moved, notification_ids)
+        self._audit(by, instance_id, "redeliver", state, state, "done", detail)
+        return moved
+
+    def _read_back(self, instance_id: str) -> None:
+        """Have the fleet here, if it drives the instance, take in what was just stored."""
+        fleet = self.fleet
+        if fleet is None or instance_id not in fleet:
+            return
+        state = self.backends.state
+        try:
+            fleet.send(instance_id, lambda lifecycle: lifecycle.refresh(state.load(instance_id)))
+        except KeyError:
+            pass  # it left the fleet meanwhile: its next driver reads the outbox
+        except Exception as exc:
+            # Stored all the same: the fleet's next read-back finds them.
+            log.warning(
+                "instance %s: redelivered, but not read back now (%s)",
+                instance_id,
+                type(exc).__name__,
+            )
 
     def refuse(self, by: str, instance_id: str, action: str, detail: str) -> None:
         """Archive an action refused before it ran (a viewer's, say)."""

@@ -24,7 +24,16 @@ from .actions import Operations
 from .auth import Principal
 from .errors import JSON, WebError, from_library, json_bytes
 from .history import read_history
-from .views import ListingCache, confirmed_json, history_json, instance_json
+from .views import (
+    ListingCache,
+    confirmed_json,
+    fleet_health_json,
+    health_json,
+    history_json,
+    instance_json,
+    set_aside_json,
+    stored_health_json,
+)
 
 __all__ = ["api_routes", "error_answer", "json_answer", "on_auth_error", "on_http_error"]
 
@@ -129,9 +138,45 @@ def api_routes(ops: Operations, history_source: object) -> list[Route]:
             else:
                 raise WebError.not_found(instance_id)
             history = read_history(history_source, instance_id, limit)
-            return {"instance": instance, "history": history_json(history)}
+            health = ops.health(instance_id)
+            return {
+                "instance": instance,
+                "history": history_json(history),
+                "health": None if health is None else health_json(health),
+            }
 
         return json_answer(await blocking(one))
+
+    async def fleet_health(request: Request) -> Response:
+        reader(request)
+
+        def report() -> dict[str, Any]:
+            health = ops.fleet_health()
+            if health is not None:
+                return fleet_health_json(health)
+            return stored_health_json(s for _, s in ops.snapshots())
+
+        return json_answer(await blocking(report))
+
+    async def list_set_aside(request: Request) -> Response:
+        reader(request)
+        wanted = [
+            validate.instance_id(i, "instance") for i in request.query_params.getlist("instance")
+        ]
+
+        def rows() -> dict[str, Any]:
+            items = [set_aside_json(i) for i in ops.set_aside(wanted or None)]
+            return {"notifications": items, "count": len(items)}
+
+        return json_answer(await blocking(rows))
+
+    async def redeliver(request: Request) -> Response:
+        instance_id = _path_id(request)
+        user = await operator(request, ops, instance_id, "redeliver")
+        body = validate.json_object(await request.body(), allowed=("ids",), empty_ok=True)
+        ids = validate.notification_ids(body["ids"]) if "ids" in body else None
+        moved = await blocking(ops.redeliver, user.name, instance_id, ids)
+        return json_answer({"id": instance_id, "redelivered": moved})
 
     async def add_instance(request: Request) -> Response:
         user = await operator(request, ops, None, "add")
@@ -181,6 +226,8 @@ def api_routes(ops: Operations, history_source: object) -> list[Route]:
         return json_answer(confirmed_json(instance_id))
 
     return [
+        Route("/health", fleet_health, methods=["GET"]),
+        Route("/notifications/set-aside", list_set_aside, methods=["GET"]),
         Route("/instances", list_instances, methods=["GET"]),
         Route("/instances", add_instance, methods=["POST"]),
         Route("/instances/{id}", get_instance, methods=["GET"]),
@@ -188,6 +235,7 @@ def api_routes(ops: Operations, history_source: object) -> list[Route]:
         Route("/instances/{id}/reset", reset, methods=["POST"]),
         Route("/instances/{id}/disable", disable, methods=["POST"]),
         Route("/instances/{id}/confirm-closure", confirm_closure, methods=["POST"]),
+        Route("/instances/{id}/redeliver", redeliver, methods=["POST"]),
     ]
 
 

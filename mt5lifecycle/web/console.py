@@ -19,7 +19,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -43,7 +43,7 @@ from .api import json_answer
 from .auth import Principal, TokenBook
 from .errors import WebError, from_library
 from .history import read_history
-from .views import STATES, counts, history_json, row_json
+from .views import STATES, counts, health_json, history_json, row_json, set_aside_json
 
 __all__ = ["Console", "instance_url"]
 
@@ -51,6 +51,7 @@ log = logging.getLogger("mt5lifecycle.web")
 
 PAGE_SIZE: Final = 50
 ATTENTION_SHOWN: Final = 12
+SET_ASIDE_SHOWN: Final = 50
 SORTS: Final = {
     "id": lambda r: r["id"],
     "status": lambda r: (r["status"], r["id"]),
@@ -66,6 +67,8 @@ ACTIONS: Final = {
     "disable": (State.CONNECTING, State.CONNECTED, State.FAILED),
     "credentials": (State.CONNECTING, State.CONNECTED, State.FAILED, State.INACTIVE),
     "confirm-closure": (State.ACCOUNT_CLOSED,),
+    # Set-aside notifications go back in any state: a closed account's alerts matter most.
+    "redeliver": tuple(State),
 }
 _NEXT: Final = re.compile(r"/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
 
@@ -81,6 +84,26 @@ def _when(value: str | None) -> str:
     if not value:
         return "-"
     return value.replace("T", " ")[:19]
+
+
+def _age(seconds: float | None) -> str:
+    """How long ago, as a person reads it (``console.js`` writes the same)."""
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{int(seconds)} s ago"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min ago"
+    return f"{int(seconds // 3600)} h ago"
+
+
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def _verdict(value: bool | None) -> str:
+    """``identity_verified``: ``None`` is a broker that cannot say, not a failure."""
+    return "unknown" if value is None else ("yes" if value else "no")
 
 
 class Console:
@@ -114,6 +137,9 @@ class Console:
             lstrip_blocks=True,
         )
         env.filters["when"] = _when
+        env.filters["age"] = _age
+        env.filters["pct"] = _pct
+        env.filters["verdict"] = _verdict
         env.globals["ACTIONS"] = {k: [s.value for s in v] for k, v in ACTIONS.items()}
         env.globals["STATES"] = [s.value for s in STATES]
         env.globals["instance_url"] = instance_url
@@ -316,9 +342,14 @@ class Console:
             shown = sorted(shown, key=_urgency)
         pages = max(1, -(-len(shown) // PAGE_SIZE))
         page = min(max(page, 1), pages)
+        health = self.ops.fleet_health()
         return {
             "counts": counts(s for _, s in rows),
             "total": len(rows),
+            "health": None
+            if health is None
+            else {"healthy": health.healthy, "instances": health.instances},
+            "set_aside": self._set_aside_view(None, {i for i, _ in rows}, SET_ASIDE_SHOWN),
             "attention": attention[:ATTENTION_SHOWN],
             "attention_total": len(attention),
             "rows": shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
@@ -332,6 +363,23 @@ class Console:
                 "dir": "desc" if descending else "asc",
             },
         }
+
+    def _set_aside_view(
+        self, instance_ids: Sequence[str] | None, live: Collection[str], shown: int
+    ) -> dict[str, Any]:
+        """The set-aside notifications, newest first; ``live`` are the ids with a live
+        state (only those can be redelivered: nothing drives the others)."""
+        try:
+            items = self.ops.set_aside(instance_ids)
+        except WebError as error:
+            if error.status != 501:
+                raise
+            return {"rows": None, "total": 0, "unavailable": error.message}
+        rows = [
+            {**set_aside_json(item), "live": item.notification.instance_id in live}
+            for item in reversed(items[-shown:])
+        ]
+        return {"rows": rows, "total": len(items), "unavailable": None}
 
     async def fleet(self, request: Request) -> Response:
         view = await self._blocking(self._fleet_view, request)
@@ -356,11 +404,15 @@ class Console:
             if not confirmed:
                 raise WebError.not_found(instance_id)
         history = read_history(self.history_source, instance_id, self.history_limit)
+        health = self.ops.health(instance_id)
+        live = () if snapshot is None else (instance_id,)
         return {
             "id": instance_id,
             "instance": None if snapshot is None else row_json(instance_id, snapshot),
             "closure_confirmed": confirmed,
             "history": history_json(history),
+            "health": None if health is None else health_json(health),
+            "set_aside": self._set_aside_view([instance_id], live, self.history_limit),
         }
 
     async def instance(self, request: Request) -> Response:
@@ -395,9 +447,14 @@ class Console:
         if snapshot is None:
             raise WebError.not_found(instance_id)
         row = row_json(instance_id, snapshot)
-        return self.render(
-            request, "confirm.html", {"action": action, "row": row, "errors": {}, "values": {}}
-        )
+        context: dict[str, Any] = {"action": action, "row": row, "errors": {}, "values": {}}
+        if action == "redeliver":
+            view = await self._blocking(self._set_aside_view, [instance_id], (instance_id,), 1000)
+            if view["rows"] is None:
+                raise WebError.unsupported(view["unavailable"])
+            context["aside"] = view["rows"]
+            context["chosen"] = request.query_params.getlist("nid")
+        return self.render(request, "confirm.html", context)
 
     async def act(self, request: Request) -> Response:
         instance_id = validate.instance_id(request.path_params["id"])
@@ -425,6 +482,18 @@ class Console:
             elif action == "disable":
                 await self._blocking(self.ops.disable, user.name, instance_id)
                 self._flash(request, "ok", f"{instance_id} was disabled: its terminal stops.")
+            elif action == "redeliver":
+                chosen = [v for v in form.getlist("nid") if isinstance(v, str)]
+                if not chosen:
+                    self._flash(
+                        request,
+                        "error",
+                        "Nothing chosen: tick the notifications to redeliver. Nothing was changed.",
+                    )
+                    return self._redirect(request, page)
+                ids = validate.notification_ids(chosen, "nid")
+                moved = await self._blocking(self.ops.redeliver, user.name, instance_id, ids)
+                self._flash(request, *_redelivered(instance_id, moved))
             elif action == "confirm-closure":
                 if form.get("confirm") != instance_id:
                     self._flash(
@@ -518,6 +587,18 @@ class Console:
             )
         self._flash(request, "ok", f"{instance_id} was added: it logs in now.")
         return self._redirect(request, instance_url("", instance_id))
+
+
+def _redelivered(instance_id: str, moved: int) -> tuple[str, str]:
+    if not moved:
+        return "error", (
+            f"Nothing of {instance_id} was redelivered: those notifications are no longer "
+            "set aside (redelivered meanwhile?)."
+        )
+    return "ok", (
+        f"{moved} notification(s) of {instance_id} put back for delivery: the notifiers get "
+        "them once more."
+    )
 
 
 class _SignIn(Exception):

@@ -80,6 +80,12 @@ class WebError(Exception):
     def unavailable(cls, message: str) -> WebError:
         return cls(503, "unavailable", message)
 
+    @classmethod
+    def unsupported(cls, message: str) -> WebError:
+        """What this deployment's backends cannot do at all: trying again will not help
+        (unlike a 503), a different backend would."""
+        return cls(501, "not_supported", message)
+
 
 _ID_RULE: Final = (
     "expected 1 to 128 characters of [A-Za-z0-9._-], starting with a letter or a digit"

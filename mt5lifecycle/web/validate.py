@@ -25,6 +25,7 @@ __all__ = [
     "instance_id",
     "json_object",
     "login",
+    "notification_ids",
     "password",
     "server",
     "states",
@@ -34,8 +35,11 @@ MAX_LOGIN: Final = 2**63 - 1
 """An account number a PostgreSQL ``bigint`` (and DuckDB's) can hold."""
 MAX_SERVER: Final = 256
 MAX_PASSWORD: Final = 1024
+MAX_IDS: Final = 1000
+"""Notification ids one redelivery may name."""
 
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NOTIFICATION_ID: Final = re.compile(r"[!-~]{1,128}")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _ID_RULE: Final = (
     "expected 1 to 128 characters of [A-Za-z0-9._-], starting with a letter or a digit"
@@ -132,6 +136,27 @@ def flag(value: object, field: str) -> bool:
     if not isinstance(value, bool):
         raise WebError.invalid(field, f"expected true or false, got {_kind(value)}")
     return value
+
+
+def notification_ids(value: object, field: str = "ids") -> list[str]:
+    """The notification ids a redelivery names: a non-empty list, each id printable
+    ASCII without spaces (what the stores key them by).
+
+    An empty list is refused, not taken as "all": leaving ``ids`` out means all, and
+    a list that came out empty (a filter that matched nothing) must not widen to it.
+    """
+    if not isinstance(value, list):
+        raise WebError.invalid(field, f"expected a list of notification ids, got {_kind(value)}")
+    if not value:
+        raise WebError.invalid(field, "must name at least one id (leave it out for all)")
+    if len(value) > MAX_IDS:
+        raise WebError.invalid(field, f"more than {MAX_IDS} ids")
+    for item in value:
+        if not isinstance(item, str) or _NOTIFICATION_ID.fullmatch(item) is None:
+            raise WebError.invalid(
+                field, "expected ids of 1 to 128 printable ASCII characters without spaces"
+            )
+    return list(dict.fromkeys(value))
 
 
 def credentials(body: Mapping[str, Any]) -> Credentials:

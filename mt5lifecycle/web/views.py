@@ -1,7 +1,10 @@
 """The JSON shapes of the API (and of the console's live updates): one place.
 
 Times are ISO 8601 in UTC, enums are their names, and nothing here can hold a
-password: ``Snapshot`` and the archive's records have no field for one.
+password: ``Snapshot``, ``Health``, ``Notification`` and the archive's records have no
+field for one. A set-aside notification has the command line's shape
+(``cli.common.set_aside_dict``): ``mt5lifecycle notifications --json`` and the API
+answer the same fields.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from ..cli.common import set_aside_dict as set_aside_json
+from ..core.health import FleetHealth, Health
 from ..core.records import AuditRecord, LoginFailureRecord, TradeOutcomeRecord, TransitionRecord
 from ..core.snapshot import Snapshot, utc
 from ..core.states import Due, Reason, State
@@ -19,9 +24,13 @@ from .history import History
 __all__ = [
     "STATES",
     "counts",
+    "fleet_health_json",
+    "health_json",
     "history_json",
     "instance_json",
     "needs_person",
+    "set_aside_json",
+    "stored_health_json",
 ]
 
 STATES = tuple(State)
@@ -69,6 +78,56 @@ def confirmed_json(instance_id: str) -> dict[str, Any]:
         "id": instance_id,
         "status": State.INACTIVE.value,
         "closure_confirmed": True,
+    }
+
+
+def health_json(health: Health) -> dict[str, Any]:
+    """One instance's ``Health`` (SPEC section 15): ages in seconds, uptimes as fractions."""
+    return {
+        "id": health.instance_id,
+        "healthy": health.healthy,
+        "connected": health.connected,
+        "identity_verified": health.identity_verified,
+        "last_check_age": health.last_check_age,
+        "reason": _name(health.reason),
+        "uptime_5m": health.uptime_5m,
+        "uptime_1h": health.uptime_1h,
+        "uptime_1d": health.uptime_1d,
+    }
+
+
+def fleet_health_json(health: FleetHealth) -> dict[str, Any]:
+    """The fleet's ``FleetHealth``, as the fleet in this process measures it."""
+    return {
+        "source": "fleet",
+        "instances": health.instances,
+        "connected": health.connected,
+        "healthy": health.healthy,
+        "unhealthy": [health_json(h) for h in health.unhealthy],
+        "uptime_5m": health.uptime_5m,
+        "uptime_1h": health.uptime_1h,
+        "uptime_1d": health.uptime_1d,
+    }
+
+
+def stored_health_json(snapshots: Iterable[Snapshot]) -> dict[str, Any]:
+    """What the stored snapshots tell of the fleet's health, without a fleet here.
+
+    How many instances there are and how many are ``CONNECTED`` is in the store; being
+    healthy (the identity check, the age of the last check) and uptime are measured by
+    the process that drives the instances, so they are ``null``, never guessed: a
+    dashboard that compares ``healthy`` with ``instances`` sees it does not know.
+    """
+    shown = list(snapshots)
+    return {
+        "source": "store",
+        "instances": len(shown),
+        "connected": sum(1 for s in shown if s.status is State.CONNECTED),
+        "healthy": None,
+        "unhealthy": None,
+        "uptime_5m": None,
+        "uptime_1h": None,
+        "uptime_1d": None,
     }
 
 

@@ -8,12 +8,12 @@ process to be gone.
 
 from __future__ import annotations
 
+import _thread
 import json
 import logging
 import multiprocessing
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -312,17 +312,14 @@ def test_a_call_interrupted_in_the_caller_takes_its_worker_with_it(make: Make) -
     assert interrupted is not None
     mt5.hang_on("version", seconds=1.0)  # it would answer, late, after the interrupt
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
+    # Ctrl-C, as the main thread sees it on every platform.
+    ctrl_c = threading.Timer(0.2, _thread.interrupt_main)
+    ctrl_c.start()
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
         with pytest.raises(KeyboardInterrupt):
             mt5.version()
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        ctrl_c.cancel()
 
     # Its late answer must never be read as the next call's.
     assert wait_dead([interrupted]) == []

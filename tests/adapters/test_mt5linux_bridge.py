@@ -22,15 +22,14 @@ late, mt5linux 1.1's own 2 s retry when its server is down.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import json
 import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
+import sys
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -97,7 +96,10 @@ def bridge_python(request: pytest.FixtureRequest) -> Path:
     stamp = venv / ".mt5lifecycle-ready"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another run building the same environment
+        if sys.platform != "win32":
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run building the same environment
         if not (stamp.exists() and stamp.read_text() == wanted and python.exists()):
             shutil.rmtree(venv, ignore_errors=True)
             steps = [
@@ -182,7 +184,7 @@ class Server:
         if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
+            proc.kill()
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
@@ -232,7 +234,7 @@ class Driver:
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.kill()
             self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -24,6 +25,11 @@ from mt5lifecycle.core.states import ConnectionState, Due, Reason, State
 from mt5lifecycle.errors import ConcurrentUpdate, StoreUnavailable
 from mt5lifecycle.ports import Commit, LockToken, Outbox, Stored
 from tests.adapters.test_redis_outbox import notification, transition
+
+if sys.platform == "win32":
+    pytest.skip(
+        "POSIX only: SIGSTOP and SIGCONT, to freeze a Redis server", allow_module_level=True
+    )
 
 FIRST = Snapshot(
     status=State.CONNECTING,

@@ -379,7 +379,7 @@ def test_four_workers_and_an_archiver_killed_mid_run_land_every_record_once(
         assert archiver.stdout is not None
         while int(archiver.stdout.readline()) < 1000:
             pass
-        os.kill(archiver.pid, signal.SIGKILL)
+        archiver.kill()  # SIGKILL; TerminateProcess on Windows
         archiver.wait(timeout=10)
         for worker in workers:
             assert worker.stdin is not None

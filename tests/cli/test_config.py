@@ -13,8 +13,8 @@ from mt5lifecycle.cli.config import ConfigError, Secret, load, parse
 from .conftest import ROOT, run_cli
 
 KEY = PostgresCredentialStore.generate_key()
-TOKEN = "t0ken-of-twenty-chars"
-ENV = {"KEYS": KEY, "TOKEN": TOKEN, "VIEW": "v1ewer-token-long-enough"}
+TOKEN = "t0ken-of-thirty-two-characters-at-least"
+ENV = {"KEYS": KEY, "TOKEN": TOKEN, "VIEW": "v1ewer-token-long-enough-for-the-web-app"}
 
 GOOD = """
 [backends.redis]
@@ -52,7 +52,9 @@ token = {file = "wall.token"}
 
 
 def test_a_good_file_is_read_into_typed_settings(tmp_path: Path) -> None:
-    (tmp_path / "wall.token").write_text("w4ll-token-from-a-file\n", encoding="utf-8")
+    (tmp_path / "wall.token").write_text(
+        "w4ll-token-from-a-file-long-enough-for-the-web\n", encoding="utf-8"
+    )
     path = tmp_path / "serve.toml"
     path.write_text(GOOD, encoding="utf-8")
     config = load(path, env=ENV)
@@ -71,7 +73,7 @@ def test_a_good_file_is_read_into_typed_settings(tmp_path: Path) -> None:
     assert config.fleet.poll_interval == 1.5
     assert [(t.name, t.role, t.secret.value) for t in config.http.tokens] == [
         ("ops", "operator", TOKEN),
-        ("wall", "viewer", "w4ll-token-from-a-file"),
+        ("wall", "viewer", "w4ll-token-from-a-file-long-enough-for-the-web"),
     ]
     # Secrets never show in a repr: a settings object may be logged.
     shown = repr(config)
@@ -246,3 +248,22 @@ def test_the_shipped_example_config_is_valid() -> None:
     config = load(ROOT / "examples" / "serve.toml", env=env)
     assert config.terminals.kind == "fake"
     assert {t.name for t in config.http.tokens} == {"ops", "dashboard"}
+
+
+def test_a_token_the_web_app_would_refuse_is_refused_by_the_check() -> None:
+    """``--check`` and ``serve`` agree: a token shorter than the web app's minimum is a
+    problem of the file, not a crash when ``serve`` starts its API."""
+    from mt5lifecycle.cli.config import MIN_TOKEN_LENGTH
+    from mt5lifecycle.web.auth import MIN_SECRET_LENGTH
+
+    assert MIN_TOKEN_LENGTH == MIN_SECRET_LENGTH
+    short = GOOD.replace('token = {env = "TOKEN"}', 'token = {env = "SHORT"}', 1)
+    assert short != GOOD
+    with pytest.raises(ConfigError) as caught:
+        parse(short, path="serve.toml", env={**ENV, "SHORT": "x" * (MIN_TOKEN_LENGTH - 1)})
+    ops = [p for p in caught.value.problems if p.startswith("[http.tokens.ops]")]
+    assert ops == [
+        f"[http.tokens.ops] token: env:SHORT is shorter than {MIN_TOKEN_LENGTH} characters "
+        '(python -c "import secrets; print(secrets.token_urlsafe(32))")'
+    ]
+    assert "x" * (MIN_TOKEN_LENGTH - 1) not in str(caught.value)

@@ -27,13 +27,21 @@ def test_status_and_reset_of_an_exhausted_instance(servers: Servers) -> None:
     assert "last_failure_reason   LOGIN_ATTEMPTS_EXHAUSTED" in status.stdout
     assert "login_attempt_count   5" in status.stdout
 
-    reset = Run("reset", "acc-1", env=servers.env)
+    # The credentials exhausted their attempts and have not changed: refused (SPEC 15),
+    # and nothing changes; --force tries them once more.
+    refused = Run("reset", "acc-1", env=servers.env)
+    assert refused.code == 1
+    assert "have not changed since" in one_error_line(refused.stderr)
+    assert servers.load("acc-1").snapshot.status is State.FAILED  # type: ignore[attr-defined]
+
+    reset = Run("reset", "acc-1", "--force", env=servers.env)
     assert reset.code == 0, reset.stderr
     assert "FAILED (LOGIN_ATTEMPTS_EXHAUSTED) -> CONNECTING" in reset.stdout
     stored = servers.load("acc-1")
     snapshot = stored.snapshot  # type: ignore[attr-defined]
     assert snapshot.status is State.CONNECTING
-    assert snapshot.login_attempt_count == 0
+    assert snapshot.forced_try  # one more try, then FAILED again if it fails
+    assert "one more try with the same credentials" in reset.stdout
     assert snapshot.due is Due.LOGIN
 
     again = Run("reset", "acc-1", env=servers.env)
@@ -46,6 +54,9 @@ def test_status_and_reset_of_an_exhausted_instance(servers: Servers) -> None:
     user = operator_name()
     audits = [line.split("  ", 1)[1] for line in history.stdout.splitlines() if " by " in line]
     assert audits == [
+        f"   reset by {user}: refused, in FAILED: instance 'acc-1': its credentials exhausted "
+        "their login attempts and have not changed since; replace them, or reset with force "
+        "to try them once more",
         f"   reset by {user}: done, FAILED -> CONNECTING",
         f"   reset by {user}: refused, in CONNECTING: the transition table has no such transition",
     ]

@@ -28,7 +28,7 @@ from mt5lifecycle.cli.listen import bind_exclusive
 
 from .conftest import PG_DSN, REDIS_URL, ROOT, Servers
 
-TOKEN = "serve-test-token-0123456789"
+TOKEN = "serve-test-token-0123456789-abcdefghij"
 
 
 def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:

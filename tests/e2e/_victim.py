@@ -8,6 +8,9 @@ prefix, database and file, wraps the ports in tripwires, and does one flow:
 - ``login``: ``start()`` and run, the terminal failing ``fail_auth`` logins first;
 - ``close``: log in, then ``account_closed()`` with the ``positions`` open.
 
+With ``notify_file``, what the worker delivers is appended to that file (``FileNotifier``)
+rather than kept in memory, so a test sees what it delivered before it died.
+
 The tripwire named by ``kill`` (``port.method``, ``before``/``after``, the ``nth``
 matching call) sends SIGKILL to this very process: no ``finally``, no ``atexit``, no
 flush, exactly as a worker that the OOM killer takes. Exiting normally (code 0)
@@ -32,9 +35,44 @@ from mt5lifecycle.adapters.mt5 import MT5Broker
 from mt5lifecycle.adapters.postgres import PostgresCredentialStore
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
 from mt5lifecycle.adapters.redis import RedisStateStore
-from mt5lifecycle.core.records import ClosureRecord
+from mt5lifecycle.core.records import ClosureRecord, Notification
 from mt5lifecycle.testing import FakeClock, RecordingNotifier, run_for
 from mt5lifecycle.testing.fake_mt5 import FakeMetaTrader5
+
+
+def _die() -> None:
+    """As the OOM killer would: no ``finally``, no ``atexit``, no flush."""
+    if sys.platform == "win32":
+        os.kill(os.getpid(), signal.SIGTERM)  # TerminateProcess: as abrupt, on Windows
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FileNotifier:
+    """Appends each notification it is handed to a file, one JSON line, synced: what a
+    worker delivered survives its SIGKILL, so a test can count deliveries across workers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def notify(self, notification: Notification) -> None:
+        line = json.dumps(
+            {
+                "id": notification.id,
+                "kind": notification.kind.value,
+                "id_of": notification.instance_id,
+            }
+        )
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def delivered(self) -> list[dict[str, str]]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as lines:
+            return [json.loads(line) for line in lines]
 
 
 class Tripwire:
@@ -59,10 +97,10 @@ class Tripwire:
             else:
                 armed = False
             if armed and self._kill["when"] == "before":
-                os.kill(os.getpid(), signal.SIGKILL)
+                _die()
             result = value(*args, **kwargs)
             if armed and self._kill["when"] == "after":
-                os.kill(os.getpid(), signal.SIGKILL)
+                _die()
             return result
 
         return call
@@ -71,6 +109,8 @@ class Tripwire:
         only = self._kill.get("only")
         if only == "closure":
             return any(isinstance(r, ClosureRecord) for r in args[0])
+        if only == "notifications":
+            return any(isinstance(e, Notification) for e in kwargs.get("outbox", ()))
         if only == "with_login":
             return bool(kwargs.get("login")) or self._kill["at"].endswith(".login")
         return True
@@ -98,7 +138,9 @@ def main(config: dict[str, Any]) -> None:
             clock=clock,
             batch_size=config.get("batch_size", 1000),
         ),
-        "notifier": RecordingNotifier(),
+        "notifier": (
+            FileNotifier(config["notify_file"]) if "notify_file" in config else RecordingNotifier()
+        ),
         "metrics": metrics,
     }
     terminal: Any = mt5

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -45,16 +46,30 @@ def prefix() -> Iterator[str]:
             client.delete(*keys[start : start + 1000])
 
 
+# Each worker's stderr goes to a file, not a pipe nobody reads: one that fails says why.
+_STDERR: dict[int, IO[str]] = {}
+
+
 def start_worker(prefix: str, owner: str, seconds: float) -> subprocess.Popen[str]:
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root}
-    return subprocess.Popen(
+    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed with the process)
+    process = subprocess.Popen(
         [sys.executable, str(WORKER), prefix, owner, str(COUNT), str(seconds), "1000", URL],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
         env=env,
     )
+    _STDERR[process.pid] = stderr
+    return process
+
+
+def _stderr_tail(process: subprocess.Popen[str]) -> str:
+    stderr = _STDERR[process.pid]
+    stderr.seek(0)
+    text = stderr.read()
+    return text[text.rfind("Traceback") :][-3000:] if "Traceback" in text else text[-3000:]
 
 
 def final_states(prefix: str) -> dict[int, tuple[str, str | None]]:
@@ -86,7 +101,7 @@ def test_four_workers_one_killed_every_instance_ends_right(prefix: str) -> None:
         victim = workers["w0"]
         assert wait_until(lambda: client.llen(f"{prefix}:adopted:w0") > 0, 60)
         time.sleep(0.5)  # let the victim log some of its instances in
-        victim.send_signal(signal.SIGKILL)
+        victim.kill()  # SIGKILL; TerminateProcess on Windows
         victim.wait()
         assert victim.stdout is not None
         victim.stdout.close()
@@ -110,7 +125,7 @@ def test_four_workers_one_killed_every_instance_ends_right(prefix: str) -> None:
             if owner == "w0":
                 continue
             out, _ = process.communicate(timeout=60)
-            assert process.returncode == 0, out
+            assert process.returncode == 0, _stderr_tail(process)
             reports[owner] = json.loads(out.strip().splitlines()[-1])
 
         assert picked_up, "the killed worker's instances were not all taken over"

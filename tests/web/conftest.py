@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-from mt5lifecycle import Backends, Credentials, Fleet
+from mt5lifecycle import Backends, Credentials, Fleet, Policy
 from mt5lifecycle.builtin.memory import MemoryArchive
+from mt5lifecycle.ports import Notifier
 from mt5lifecycle.testing import FakeBroker, FakeClock, RecordingNotifier, memory_backends, run_for
 from mt5lifecycle.web import create_app
 
@@ -61,11 +63,22 @@ def serving(app: ASGIApp) -> Iterator[str]:
 class World:
     """In-memory backends, a fleet on a fake clock, and the app served over HTTP."""
 
-    def __init__(self, *, with_fleet: bool = True, **app_options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        with_fleet: bool = True,
+        notifier: Notifier | None = None,
+        fleet_policy: Policy | None = None,
+        **app_options: Any,
+    ) -> None:
         self.clock = FakeClock(T0)
         self.broker = FakeBroker(self.clock)
         self.backends: Backends = memory_backends(broker=self.broker, clock=self.clock)
-        self.fleet: Fleet | None = Fleet(self.backends, workers=1) if with_fleet else None
+        if notifier is not None:
+            self.backends = attrs.evolve(self.backends, notifier=notifier)
+        self.fleet: Fleet | None = (
+            Fleet(self.backends, fleet_policy, workers=1) if with_fleet else None
+        )
         self.app = create_app(self.backends, tokens=TOKENS, fleet=self.fleet, **app_options)
         self.url = ""
 

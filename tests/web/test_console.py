@@ -2,7 +2,8 @@
 
 A person signs in, finds the FAILED instances first, replaces credentials, resets one
 and watches it turn CONNECTED without reloading (the test plays the fleet's time in
-between), adds an account, and confirms a closure by typing the id. Screenshots of
+between), adds an account, and confirms a closure by typing the id; another watches
+alerts get set aside while a channel is down and redelivers them. Screenshots of
 the fleet page and an instance page, at a laptop's and a phone's size, are saved under
 the test's temp dir and copied to ``/work/notes/screens/`` when that folder exists.
 """
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
-from mt5lifecycle import Reason, State
+from mt5lifecycle import AlertKind, Reason, State
 
 from .conftest import OPERATOR, PASSWORD, VIEWER, World
+from .test_set_aside import QUICK, Channel, aside_kinds
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -252,4 +254,74 @@ def test_the_console_fits_a_phone(browser: Browser, fleet_world: World, tmp_path
     shoot(page, tmp_path, "instance-phone-first-screen", full=False)
     page.goto(fleet_world.url + "/instances/acc-closed/closed")
     shoot(page, tmp_path, "closed-phone")
+    context.close()
+
+
+def test_an_operator_sees_alerts_set_aside_live_and_redelivers_them(
+    browser: Browser, make_world: Callable[..., World], tmp_path: Path
+) -> None:
+    channel = Channel()
+    world = make_world(poll_interval=0.3, notifier=channel, fleet_policy=QUICK)
+    world.account("acc-ok")
+    world.run(1)
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    sign_in(page, world, OPERATOR)
+    section = page.locator("[data-set-aside-section]")
+    expect(section.locator("[data-empty]")).to_be_visible()
+
+    # The channel is down while acc-1's password is refused: its alerts are set aside,
+    # and the page shows them (and the fleet's health) without a reload.
+    world.broker.fail_logins("acc-1", Reason.AUTH_FAILED)
+    world.account("acc-1")
+    world.run(300)
+    rows = section.locator("[data-set-aside] tbody tr")
+    expect(rows).to_have_count(2, timeout=WAIT)
+    expect(section.locator("[data-set-aside-total]")).to_have_text("2")
+    expect(rows.first).to_contain_text("LOGIN_FAILURE")
+    expect(rows.first).to_contain_text("https://... failed")
+    expect(page.locator("[data-healthy]")).to_have_text("1", timeout=WAIT)
+    expect(page.locator("[data-health-instances]")).to_have_text("2")
+    assert "hook-secret" not in page.content()
+    shoot(page, tmp_path, "set-aside-fleet-laptop")
+    page.set_viewport_size(PHONE)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the set-aside list scrolls sideways ({width} px)"
+    shoot(page, tmp_path, "set-aside-fleet-phone")
+    page.set_viewport_size(LAPTOP)
+
+    # The newest one, from its row: the confirmation ticks it alone.
+    channel.down = False
+    rows.first.get_by_role("link", name="Redeliver").click()
+    expect(page.locator("h2")).to_have_text("Redeliver the notifications of acc-1?")
+    boxes = page.locator("input[name=nid]")
+    expect(boxes).to_have_count(2)
+    expect(boxes.nth(0)).to_be_checked()  # newest first, as on the fleet page
+    expect(boxes.nth(1)).not_to_be_checked()
+    page.get_by_role("button", name="Redeliver").click()
+    expect(page).to_have_url(world.url + "/instances/acc-1")
+    expect(page.locator(".flash-ok")).to_contain_text("1 notification(s) of acc-1 put back")
+    assert channel.kinds("acc-1") == [AlertKind.LOGIN_FAILURE]
+
+    # The instance's page: its health, and the rest through the dialog.
+    expect(page.locator('[data-health="healthy"]')).to_have_text("no")
+    expect(page.locator('[data-health="reason"]')).to_have_text("LOGIN_ATTEMPTS_EXHAUSTED")
+    expect(page.locator("[data-set-aside] tbody tr")).to_have_count(1)
+    shoot(page, tmp_path, "set-aside-instance-laptop")
+    page.locator("[data-set-aside-section]").get_by_role("link", name="Redeliver").click()
+    dialog = page.locator("#dlg-redeliver")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Redeliver").click()
+    expect(page.locator(".flash-ok")).to_contain_text("1 notification(s) of acc-1 put back")
+    expect(page.locator("[data-set-aside-section] [data-empty]")).to_be_visible()
+    expect(page.locator("[data-set-aside-section] [data-redeliver]")).to_be_hidden()
+    assert channel.kinds("acc-1") == [AlertKind.LOGIN_FAILURE, AlertKind.REPEATED_LOGIN_FAILURE]
+    assert aside_kinds(world) == []
+    assert [(a.action, a.outcome) for a in world.archive.audits] == [
+        ("redeliver", "done"),
+        ("redeliver", "done"),
+    ]
+    assert errors == []
     context.close()

@@ -30,6 +30,22 @@
     return root + "/instances/" + encodeURIComponent(id) + (id === "new" ? "/overview" : "");
   }
 
+  // The console's filters (console.py: _age, _pct, _verdict), for live updates.
+  function age(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    if (seconds < 120) return Math.floor(seconds) + " s ago";
+    if (seconds < 7200) return Math.floor(seconds / 60) + " min ago";
+    return Math.floor(seconds / 3600) + " h ago";
+  }
+
+  function pct(fraction) {
+    return fraction === null || fraction === undefined ? "-" : (fraction * 100).toFixed(1) + "%";
+  }
+
+  function verdict(value) {
+    return value === null || value === undefined ? "unknown" : (value ? "yes" : "no");
+  }
+
   function badge(status) {
     return el("span", { class: "badge s-" + status, "data-badge": "" }, status);
   }
@@ -112,12 +128,64 @@
     return el("a", { href: root + "/?" + next.toString(), "data-page-link": String(page) }, label);
   }
 
+  function setText(selector, text) {
+    const node = document.querySelector(selector);
+    if (node) node.textContent = text;
+  }
+
+  // --- set-aside notifications (both pages) -----------------------------------------
+
+  function setAsideRow(n, withInstance, canAct) {
+    const tr = el("tr");
+    if (withInstance) {
+      const cell = el("td", { class: "id", "data-label": "Instance" });
+      cell.append(el("a", { href: instanceUrl(n.instance_id) }, n.instance_id));
+      tr.append(cell);
+    }
+    tr.append(
+      el("td", { "data-label": "Kind" }, n.kind),
+      el("td", { class: "time", "data-label": "Raised" }, when(n.at)),
+      el("td", { class: "time", "data-label": "Set aside" }, when(n.set_aside_at)),
+      el("td", { class: "text", "data-label": "Message" }, n.message),
+      el("td", { class: "text", "data-label": "Error" }, n.error),
+    );
+    if (withInstance && canAct) {
+      const cell = el("td", { "data-label": "" });
+      if (n.live) {
+        const href = root + "/instances/" + encodeURIComponent(n.instance_id) + "/redeliver?" +
+          new URLSearchParams({ nid: n.notification_id }).toString();
+        cell.append(el("a", { class: "button", href: href }, "Redeliver"));
+      }
+      tr.append(cell);
+    }
+    return tr;
+  }
+
+  function renderSetAside(sa) {
+    const section = document.querySelector("[data-set-aside-section]");
+    const table = section && section.querySelector("table[data-set-aside]");
+    if (!sa || !sa.rows || !table) return;
+    const withInstance = table.dataset.withInstance === "1";
+    const canAct = table.dataset.canAct === "1";
+    table.querySelector("tbody").replaceChildren(
+      ...sa.rows.map((n) => setAsideRow(n, withInstance, canAct)));
+    setText("[data-set-aside-total]", String(sa.total));
+    const wrap = section.querySelector("[data-table-wrap]");
+    if (wrap) wrap.hidden = sa.rows.length === 0;
+    const empty = section.querySelector("[data-empty]");
+    if (empty) empty.hidden = sa.rows.length > 0;
+    const button = section.querySelector("[data-redeliver]");
+    if (button) button.hidden = sa.rows.length === 0;
+  }
+
   function renderFleet(view) {
-    const set = (selector, text) => {
-      const node = document.querySelector(selector);
-      if (node) node.textContent = text;
-    };
+    const set = setText;
     set("[data-total]", String(view.total));
+    if (view.health) {
+      set("[data-healthy]", String(view.health.healthy));
+      set("[data-health-instances]", String(view.health.instances));
+    }
+    renderSetAside(view.set_aside);
     for (const [state, n] of Object.entries(view.counts)) {
       set('[data-count="' + state + '"]', String(n));
     }
@@ -255,6 +323,20 @@
     document.querySelectorAll("[data-states]").forEach((node) => {
       node.hidden = !node.dataset.states.split(" ").includes(r.status);
     });
+    const h = view.health;
+    document.querySelectorAll("[data-health]").forEach((node) => {
+      const name = node.dataset.health;
+      let value = "-";
+      if (h) {
+        if (name === "healthy") value = h.healthy ? "yes" : "no";
+        else if (name === "identity_verified") value = verdict(h.identity_verified);
+        else if (name === "last_check_age") value = age(h.last_check_age);
+        else if (name.startsWith("uptime_")) value = pct(h[name]);
+        else value = h[name] === null || h[name] === undefined ? "-" : String(h[name]);
+      }
+      node.textContent = value;
+    });
+    renderSetAside(view.set_aside);
     renderHistory(view.history);
   }
 

@@ -29,6 +29,7 @@ class WatchedBroker(FakeBroker):
         self.client = client
         self.prefix = prefix
         self.owner = owner
+        self.fail_twice: set[str] = set()
 
     def login(
         self, instance_id: str, credentials: Credentials, *, logged_in_before: bool
@@ -41,6 +42,12 @@ class WatchedBroker(FakeBroker):
         if at_once > 1:
             self.client.rpush(f"{self.prefix}:concurrent:{instance_id}", at_once)
         try:
+            if instance_id in self.fail_twice and (
+                int(self.client.incr(f"{self.prefix}:failed:{instance_id}")) <= 2
+            ):
+                # Two wrong passwords at the broker, whichever workers sent them: an
+                # instance handed over twice must not fail two more in each process.
+                self.fail_logins(instance_id, Reason.AUTH_FAILED, times=1)
             time.sleep(0.002)  # a login takes a while: gives a second driver a window
             return super().login(instance_id, credentials, logged_in_before=logged_in_before)
         finally:
@@ -50,14 +57,14 @@ class WatchedBroker(FakeBroker):
             pipe.execute()
 
 
-def script(broker: FakeBroker, number: int, instance_id: str) -> None:
+def script(broker: WatchedBroker, number: int, instance_id: str) -> None:
     kind = number % 4
     if kind == 0:
         broker.fail_logins(instance_id, Reason.AUTH_FAILED)
     elif kind == 2:
         broker.ban_account(instance_id)
     elif kind == 3:
-        broker.fail_logins(instance_id, Reason.AUTH_FAILED, times=2)
+        broker.fail_twice.add(instance_id)
     if kind in (1, 3):
         # Every worker sees the same terminals: one that another worker logged in
         # before it died is still connected when this one takes the instance over.

@@ -31,9 +31,12 @@ prometheus-client is imported when a ``PrometheusMetrics`` is built, so that
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from ..core.health import Health
 from ..core.ids import check_instance_id
@@ -41,8 +44,6 @@ from ..core.records import LOGIN_REASONS, Notification
 from ..core.states import AlertKind, Reason, State
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
     from ..core.health import FleetHealth
@@ -159,6 +160,10 @@ class PrometheusMetrics:
             "Backend faults the runtime absorbed (archive, state store, ...), by component.",
             ("component",),
         )
+        # Present at 0 from the start: an alert on rate(...) needs the series before
+        # the first fault, and the docs list the fleet's series as always there.
+        for component in ERROR_COMPONENTS:
+            self._errors.labels(component=component)
         self._set_aside = counter(
             p + "notifications_set_aside",
             "Notifications the relay set aside after they kept failing, by AlertKind.",
@@ -427,10 +432,19 @@ class PrometheusMetrics:
         with ``server.shutdown()`` then ``server.server_close()``. The default
         address is prometheus-client's own: every interface, because Prometheus
         scrapes from another host; pass ``addr="127.0.0.1"`` to keep it local.
+
+        The port is this process's alone: prometheus-client's own server sets
+        ``SO_REUSEADDR``, with which Windows lets a second worker bind the same port
+        and answer half the scrapes; here a port in use raises ``PortInUse``.
         """
         import prometheus_client as pc
 
-        server, _thread = pc.start_http_server(port, addr, registry=self._registry)
+        from ..builtin.listen import bind_exclusive
+
+        server = _MetricsServer(bind_exclusive(addr, port), pc.make_wsgi_app(self._registry))
+        threading.Thread(
+            target=server.serve_forever, name="mt5lifecycle-metrics", daemon=True
+        ).start()
         return server
 
     def wsgi_app(self) -> Callable[..., Any]:
@@ -449,3 +463,29 @@ class PrometheusMetrics:
 
     def __repr__(self) -> str:
         return f"PrometheusMetrics(per_instance={self.per_instance})"
+
+
+# The components the runtime and the adapters count faults of.
+ERROR_COMPONENTS: Final = ("archive", "notifier", "credentials", "state", "redis", "postgresql")
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a line each on stderr."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """prometheus-client's threading WSGI server, around a socket bound exclusively."""
+
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, app: Callable[..., Any]) -> None:
+        super().__init__(sock.getsockname()[:2], _Quiet, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        host, port = self.server_address[:2]
+        self.server_name = socket.getfqdn(str(host))
+        self.server_port = port
+        self.setup_environ()
+        self.set_app(app)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..builtin.clock import SystemClock
 from ..builtin.memory import NullArchive
 from ..builtin.metrics import NullMetrics
+from ..builtin.set_aside import no_outbox, oldest_first, redelivery_detail, set_aside_dict
 from ..core.ids import check_instance_id
 from ..core.snapshot import Snapshot
 from ..core.states import Due, State
@@ -44,15 +45,11 @@ from .common import (
     iso,
     name_of,
     need,
-    no_outbox,
-    oldest_first,
     open_archive,
     open_postgres,
     open_redis,
     operator_name,
     read_archive,
-    redelivery_detail,
-    set_aside_dict,
     snapshot_dict,
     table,
     write_audit,

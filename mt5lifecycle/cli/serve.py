@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..builtin.clock import SystemClock
+from ..builtin.listen import PortInUse, bind_exclusive
 from ..builtin.notify import LoggingNotifier
 from ..core.records import Notification
 from ..errors import InvalidTransition, StoreUnavailable
@@ -51,7 +52,6 @@ from .common import (
     driver,
 )
 from .config import ConfigError, ServeConfig, TerminalSettings, load
-from .listen import PortInUse, bind_exclusive
 
 if TYPE_CHECKING:
     from ..ports import Broker, CredentialStore, Notifier

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..builtin.memory import NullArchive
 from ..builtin.notify import NullNotifier
+from ..builtin.set_aside import redact_urls
 from ..core.policy import Policy
 from ..core.records import ArchiveRecord, Notification, record_key
 from ..errors import StoreUnavailable
@@ -336,7 +337,9 @@ class Relay:
         if self._schedule(item, exc, self._templates()[0]):
             return
         entry = _notification(item)
-        error = f"{type(exc).__name__}: {exc}"
+        # The notifier's words, with any URL cut to its scheme: an HTTP client quotes
+        # the URL it failed on, and a webhook's URL is its secret.
+        error = redact_urls(f"{type(exc).__name__}: {exc}")
         log.error(
             "instance %s: %s notification %s set aside after %d tries (%s)",
             instance_id,

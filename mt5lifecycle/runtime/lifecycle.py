@@ -587,6 +587,11 @@ class Lifecycle:
             if result.ok and account is None:
                 account = self._terminal_account()
             outage = self._report(credentials.server, result.reason, login_at, ok=result.ok)
+            if result.ok:
+                # A login that says who is logged in is a connection check of its own:
+                # a fresh login is healthy now, not after the first check falls due.
+                self._last_check = self.backends.clock.now()
+                self._identity = None if account is None else account.matches(expected)
             facts = self._facts(
                 result=result,
                 login_at=login_at,
@@ -931,12 +936,16 @@ class Lifecycle:
     def _confirmed_in_archive(self) -> bool:
         try:
             return self.backends.archive.is_confirmed(self.instance_id)
-        except Exception:
+        except Exception as exc:
             # The archive never blocks the lifecycle. A confirmed closure also deleted
-            # the credentials, so an id wrongly let through goes FAILED, never in.
-            log.exception(
-                "instance %s: the archive could not say whether its closure was confirmed",
+            # the credentials, so an id wrongly let through goes FAILED
+            # (CREDENTIALS_MISSING), never in: one line, not a traceback.
+            log.warning(
+                "instance %s: the archive could not say whether its closure was confirmed "
+                "(%s: %s); going on: its credentials decide",
                 self.instance_id,
+                type(exc).__name__,
+                exc,
             )
             self._guarded("metrics", self.backends.metrics.error, "archive", self.instance_id)
             return False

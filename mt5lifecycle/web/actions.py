@@ -30,7 +30,7 @@ from typing import NoReturn
 
 import attrs
 
-from ..cli.common import no_outbox, oldest_first, redelivery_detail
+from ..builtin.set_aside import no_outbox, oldest_first, redelivery_detail
 from ..core.credentials import Credentials
 from ..core.health import FleetHealth, Health
 from ..core.policy import Policy

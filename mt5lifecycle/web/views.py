@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..cli.common import set_aside_dict as set_aside_json
+from ..builtin.set_aside import set_aside_dict as set_aside_json
 from ..core.health import FleetHealth, Health
 from ..core.records import AuditRecord, LoginFailureRecord, TradeOutcomeRecord, TransitionRecord
 from ..core.snapshot import Snapshot, utc

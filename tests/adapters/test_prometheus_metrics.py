@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mt5lifecycle import Backends, Credentials, Fleet, Lifecycle
 from mt5lifecycle.adapters.prometheus import PrometheusMetrics
+from mt5lifecycle.builtin.listen import PortInUse
 from mt5lifecycle.builtin.memory import MemoryStateStore
 from mt5lifecycle.core.health import FleetHealth, Health
 from mt5lifecycle.core.records import Notification
@@ -776,3 +777,27 @@ def test_terminals_that_reconnect_by_themselves_end_the_outage() -> None:
     assert all(f[i].state is State.CONNECTED for f in fleets for i in f)
     for registry in registries:
         assert value(registry, "broker_server_down", server="broker-live") == 0
+
+
+def test_a_second_server_on_the_same_port_is_refused_naming_it(
+    metrics: PrometheusMetrics,
+) -> None:
+    # prometheus-client's own server sets SO_REUSEADDR, with which Windows would let a
+    # second worker share the port and answer half the scrapes.
+    first = metrics.start_http_server(0, addr="127.0.0.1")
+    try:
+        port = first.server_port
+        with pytest.raises(PortInUse, match=f"127.0.0.1:{port} is already in use"):
+            metrics.start_http_server(port, addr="127.0.0.1")
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        first.shutdown()
+        first.server_close()
+
+
+def test_the_error_series_are_there_before_the_first_fault(registry: CollectorRegistry) -> None:
+    PrometheusMetrics(registry)
+    for component in ("archive", "notifier", "credentials", "state", "redis", "postgresql"):
+        assert registry.get_sample_value(P + "errors_total", {"component": component}) == 0.0

@@ -24,7 +24,7 @@ import pytest
 from mt5lifecycle import State
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
 from mt5lifecycle.adapters.redis import RedisStateStore
-from mt5lifecycle.cli.listen import bind_exclusive
+from mt5lifecycle.builtin.listen import bind_exclusive
 
 from .conftest import PG_DSN, REDIS_URL, ROOT, Servers
 
@@ -337,6 +337,12 @@ def test_the_api_drives_the_serving_fleet(servers: Servers, started: Callable[[]
         wait_until(lambda: status(servers, "api-1") is State.CONNECTED, 30, "api-1 back")
         refused = client.post("/api/instances/api-1/reset", headers=auth)
         assert refused.status_code == 409
+        # Health is the serving fleet's own (SPEC 15); the store keeps the outbox (14).
+        health = client.get("/api/health", headers=auth).json()
+        assert (health["source"], health["instances"], health["connected"]) == ("fleet", 1, 1)
+        assert client.get("/api/instances/api-1", headers=auth).json()["health"]["connected"]
+        aside = client.get("/api/notifications/set-aside", headers=auth)
+        assert aside.json() == {"notifications": [], "count": 0}
     assert serve.stop() == 0, serve.stderr
     assert leases(servers) == []
     assert "pw-api-1" not in serve.stderr

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
+from mt5lifecycle.builtin.listen import PortInUse, bind_exclusive
 from mt5lifecycle.cli.console import GuardedOutput, OutputClosed, is_console
-from mt5lifecycle.cli.listen import PortInUse, bind_exclusive
 from mt5lifecycle.core.records import LoginFailureRecord, TransitionRecord
 from mt5lifecycle.core.states import Reason, State
 

@@ -29,6 +29,16 @@ WINDOWS = frozenset({"powershell"})
 """PowerShell: not run here (no PowerShell on the Linux CI); checked to stand beside
 each POSIX block instead."""
 
+UNCONVERTED = {
+    "docs/operations/console.md": "owned elsewhere, not yet converted to this convention",
+    "docs/operations/serve.md": "owned elsewhere, not yet converted to this convention",
+    "docs/performance.md": "owned elsewhere; its benchmark commands (minutes each) need "
+    "<!-- test: fragment ... --> marks",
+}
+"""Pages whose blocks do not follow the convention yet. Their tests are expected to
+fail (strictly: once a page is converted its entry must go) and the pages' blocks are
+not run meanwhile. Every other page is held to the convention."""
+
 _MARK = re.compile(r"<!--\s*test:\s*(fragment|setup)\b(.*?)-->", re.S)
 
 
@@ -103,3 +113,7 @@ def all_blocks() -> list[Block]:
 
 def page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
+
+
+def unconverted(page: Path) -> str | None:
+    return UNCONVERTED.get(page_id(page))

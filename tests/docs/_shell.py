@@ -16,6 +16,7 @@ import pty
 import re
 import select
 import subprocess
+import sys
 from collections.abc import Mapping
 
 TIMEOUT = 120.0
@@ -39,9 +40,7 @@ def run_script(script: str) -> subprocess.CompletedProcess[str]:
 
 def check_syntax(script: str) -> subprocess.CompletedProcess[str]:
     """A fragment: parsed by bash (``-n``), never run."""
-    return subprocess.run(
-        ["bash", "-n", "-c", script], capture_output=True, text=True, check=False
-    )
+    return subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True, check=False)
 
 
 def session(content: str) -> list[tuple[str, str]]:
@@ -88,6 +87,8 @@ def run_command(command: str, answers: Mapping[str, str] | None = None) -> str:
 
 def _on_a_terminal(command: str, answers: Mapping[str, str]) -> str:
     """Run ``command`` on a pseudo-terminal; answer each prompt as it is shown."""
+    if sys.platform == "win32":
+        raise NotImplementedError("a pseudo-terminal is POSIX: the docs' shell blocks are")
     pid, fd = pty.fork()
     if pid == 0:  # the child: its controlling terminal is the pty
         try:

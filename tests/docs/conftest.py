@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 """The virtual environment's scripts (``mt5lifecycle``, ``pytest``, ``python``)."""
 
 
-def _admin(statement: sql.Composable) -> None:
+def _admin(statement: sql.Composed) -> None:
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(statement)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import attrs
 import duckdb
+import pytest
 
 from mt5lifecycle import Credentials, Lifecycle, Reason, State
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
@@ -67,17 +68,22 @@ def _archive(path: Path) -> None:
     archive.close()
 
 
-def test_every_investigation_query_runs(tmp_path: Path) -> None:
-    path = tmp_path / "archive.duckdb"
+@pytest.fixture(scope="module")
+def archive_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("duckdb-queries") / "archive.duckdb"
     _archive(path)
+    return path
+
+
+def test_every_investigation_query_runs(archive_path: Path) -> None:
+    path = archive_path
     with duckdb.connect(str(path), read_only=True) as con:
         for query in _queries():
             con.execute(query).fetchall()
 
 
-def test_exhausted_on_passwords_that_had_worked_before_means_that(tmp_path: Path) -> None:
-    path = tmp_path / "archive.duckdb"
-    _archive(path)
+def test_exhausted_on_passwords_that_had_worked_before_means_that(archive_path: Path) -> None:
+    path = archive_path
     (query,) = [q for q in _queries() if "worked before" in q.splitlines()[0]]
     with duckdb.connect(str(path), read_only=True) as con:
         found = [row[0] for row in con.execute(query).fetchall()]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mypy import api
 
-from ._pages import PAGES, ROOT, Block, blocks
+from ._pages import PAGES, ROOT, Block, blocks, unconverted
 
 PACKAGE = "docsblocks"
 HEADER = "from tests.docs import worlds  # noqa: F401\n"
@@ -66,6 +66,8 @@ class Module:
 def _modules() -> list[Module]:
     modules = []
     for page in PAGES:
+        if unconverted(page):
+            continue  # its blocks are not yet written to be checked (see _pages.UNCONVERTED)
         session = Module(_slug(page))
         for block in blocks(page):
             if block.lang != "python" or block.content.lstrip().startswith(">>>"):
@@ -88,15 +90,21 @@ def _modules() -> list[Module]:
 def test_every_python_block_type_checks(tmp_path: Path, platform: str) -> None:
     package = tmp_path / PACKAGE
     package.mkdir()
-    (package / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("", encoding="utf-8")
     modules = {m.name: m for m in _modules()}
     for module in modules.values():
-        (package / f"{module.name}.py").write_text("\n".join(module.lines) + "\n")
+        (package / f"{module.name}.py").write_text("\n".join(module.lines) + "\n", encoding="utf-8")
     config = tmp_path / "mypy.ini"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG, encoding="utf-8")
     out, err, status = api.run(
-        ["--config-file", str(config), "--platform", platform, "--no-error-summary",
-         str(package)]  # fmt: skip
+        [
+            "--config-file",
+            str(config),
+            "--platform",
+            platform,
+            "--no-error-summary",
+            str(package),
+        ]
     )
     problems = []
     for line in out.splitlines():

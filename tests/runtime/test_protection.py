@@ -204,7 +204,12 @@ def test_health_reports_connection_identity_check_age_and_uptime() -> None:
     fleet, clock = _fleet(3, 1, policy)
     broker = fleet.backends.broker
     assert isinstance(broker, FakeBroker)
-    run_for(fleet, clock, 61)
+    run_for(fleet, clock, 1)
+    # A fresh login is a check of its own: healthy at once, not after the first check.
+    fresh = fleet.health("i0")
+    assert isinstance(fresh, Health)
+    assert fresh.healthy and fresh.identity_verified and fresh.last_check_age is not None
+    run_for(fleet, clock, 60)
     health = fleet.health("i0")
     assert isinstance(health, Health)
     assert health.connected and health.healthy and health.identity_verified

@@ -161,3 +161,27 @@ def test_a_fleet_hands_over_what_a_dead_worker_left_in_the_outbox(workers: int) 
     run_for(fleet, clock, 1)
     assert notifier.kinds("a") == [AlertKind.LOGIN_FAILURE]
     assert store.outbox(["a"]) == {}
+
+
+class Webhook(RecordingNotifier):
+    """Fails as an HTTP client does: quoting the URL, whose path is the secret."""
+
+    def notify(self, notification: Notification) -> None:
+        raise ConnectionError("POST https://hooks.example.com/T000/B000/s3cr3t-t0ken failed")
+
+
+def test_a_set_aside_error_keeps_no_url_secret_in_the_store_or_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = Policy(max_delivery_attempts=2, delivery_backoff=1.0, delivery_backoff_max=1.0)
+    lc, backends = _lone(Webhook(), policy)
+    caplog.set_level("DEBUG")
+    lc.start()
+    backends.credentials.delete("a")
+    lc.run_due()
+    run_for(lc, backends.clock, 100)
+    store = backends.state
+    assert isinstance(store, MemoryStateStore)
+    (aside,) = store.set_aside_notifications()
+    assert aside.error == "ConnectionError: POST https://... failed"
+    assert "s3cr3t" not in caplog.text

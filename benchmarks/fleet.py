@@ -971,9 +971,9 @@ def where(grown: list[tracemalloc.StatisticDiff], n: int, top: int = 12) -> list
         frame = stat.traceback[0]
         path = Path(frame.filename)
         name = (
-            f"{path.parent.name}/{path.name}"
-            if "mt5lifecycle" in frame.filename
-            else ("<string> (Snapshot copies)" if frame.filename == "<string>" else path.name)
+            "<string> (Snapshot copies)"
+            if frame.filename == "<string>"
+            else f"{path.parent.name}/{path.name}"
         )
         by_file[name] = by_file.get(name, 0) + stat.size_diff
         lines.append((stat.size_diff, f"{name}:{frame.lineno}"))

@@ -25,6 +25,13 @@ def test_the_diagram_in_the_docs_is_drawn_from_the_table() -> None:
     assert "docs/img/lifecycle.svg" in readme
 
 
+def test_the_readme_shows_the_console() -> None:
+    readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "![" in readme and "(docs/img/console.png)" in readme
+    picture = (DOC.parent / "img" / "console.png").read_bytes()
+    assert picture.startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def test_the_table_in_the_docs_is_the_code_table() -> None:
     block = _between(
         DOC.read_text(encoding="utf-8"), "<!-- table:start -->\n", "<!-- table:end -->"

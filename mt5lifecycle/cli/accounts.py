@@ -18,6 +18,7 @@ import getpass
 import sys
 from typing import TYPE_CHECKING
 
+from ..builtin.brokers import HandsOffBroker
 from ..builtin.clock import SystemClock
 from ..builtin.metrics import NullMetrics
 from ..core.credentials import Credentials
@@ -35,7 +36,6 @@ from .common import (
     EXIT_USAGE,
     CliError,
     Context,
-    HandsOffBroker,
     PrintingNotifier,
     need,
     open_archive,
@@ -231,7 +231,7 @@ def cmd_add(ctx: Context) -> int:
     backends = Backends(
         state=state,
         credentials=store,
-        broker=HandsOffBroker(),
+        broker=HandsOffBroker("the mt5lifecycle command"),
         clock=SystemClock(),
         archive=archive,
         notifier=PrintingNotifier(ctx.out),

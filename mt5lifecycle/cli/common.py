@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import attrs
 
 from ..builtin.clock import SystemClock
-from ..core.records import AuditRecord, Notification, Order, Position, TradeResult
+from ..core.records import AuditRecord, Notification
 from ..core.snapshot import Snapshot, utc
-from ..core.states import State, TerminalStatus
+from ..core.states import State
 from ..errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -196,38 +196,6 @@ def operator_name() -> str:
 
 
 # --- what the operator's Backends stand on -------------------------------------------
-
-
-class HandsOffBroker:
-    """The broker port of a process that does not own the terminals.
-
-    Stopping and restarting are left to the process that drives the instance: it
-    reads the new state and acts on it. Nothing here logs in or trades.
-    """
-
-    def login(self, instance_id: str, credentials: Credentials, *, logged_in_before: bool) -> Any:
-        raise RuntimeError("the mt5lifecycle command does not log terminals in")
-
-    def status(self, instance_id: str) -> TerminalStatus:
-        return TerminalStatus.DOWN
-
-    def restart(self, instance_id: str) -> None:
-        pass
-
-    def stop(self, instance_id: str) -> None:
-        pass
-
-    def positions(self, instance_id: str) -> list[Position]:
-        return []
-
-    def orders(self, instance_id: str) -> list[Order]:
-        return []
-
-    def close_position(self, instance_id: str, position: Position, volume: float) -> TradeResult:
-        return TradeResult(retcode=None, comment="not this process's terminal")
-
-    def cancel_order(self, instance_id: str, order: Order) -> TradeResult:
-        return TradeResult(retcode=None, comment="not this process's terminal")
 
 
 class UnconfiguredCredentials:

@@ -15,6 +15,7 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..builtin.brokers import HandsOffBroker
 from ..builtin.clock import SystemClock
 from ..builtin.memory import NullArchive
 from ..builtin.metrics import NullMetrics
@@ -38,7 +39,6 @@ from .common import (
     EXIT_USAGE,
     CliError,
     Context,
-    HandsOffBroker,
     PrintingNotifier,
     UnconfiguredCredentials,
     due_text,
@@ -195,7 +195,7 @@ def _operator_lifecycle(ctx: Context, command: str, *, closure: bool = False) ->
     backends = Backends(
         state=state,
         credentials=credentials,
-        broker=HandsOffBroker(),
+        broker=HandsOffBroker("the mt5lifecycle command"),
         clock=SystemClock(),
         archive=archive if archive is not None else NullArchive(),
         notifier=PrintingNotifier(ctx.out),

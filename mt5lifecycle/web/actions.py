@@ -30,13 +30,14 @@ from typing import NoReturn
 
 import attrs
 
+from ..builtin.brokers import HandsOffBroker
 from ..builtin.set_aside import no_outbox, oldest_first, redelivery_detail
 from ..core.credentials import Credentials
 from ..core.health import FleetHealth, Health
 from ..core.policy import Policy
-from ..core.records import AuditRecord, LoginResult, Order, Position, TradeResult
+from ..core.records import AuditRecord
 from ..core.snapshot import Snapshot, utc
-from ..core.states import State, TerminalStatus
+from ..core.states import State
 from ..errors import InvalidTransition
 from ..ports import OutboxStore, SetAside
 from ..runtime.backends import Backends
@@ -49,40 +50,6 @@ __all__ = ["Operations"]
 log = logging.getLogger("mt5lifecycle.web")
 
 
-class _HandsOffBroker:
-    """The broker of a process that does not own the terminals (the command line's too).
-
-    Stopping and restarting are left to the process that drives the instance: it reads
-    the new state and acts on it. Nothing here logs in or trades.
-    """
-
-    def login(
-        self, instance_id: str, credentials: Credentials, *, logged_in_before: bool
-    ) -> LoginResult:
-        raise RuntimeError("the web console does not log terminals in")
-
-    def status(self, instance_id: str) -> TerminalStatus:
-        return TerminalStatus.DOWN
-
-    def restart(self, instance_id: str) -> None:
-        pass
-
-    def stop(self, instance_id: str) -> None:
-        pass
-
-    def positions(self, instance_id: str) -> list[Position]:
-        return []
-
-    def orders(self, instance_id: str) -> list[Order]:
-        return []
-
-    def close_position(self, instance_id: str, position: Position, volume: float) -> TradeResult:
-        return TradeResult(retcode=None, comment="not this process's terminal")
-
-    def cancel_order(self, instance_id: str, order: Order) -> TradeResult:
-        return TradeResult(retcode=None, comment="not this process's terminal")
-
-
 class Operations:
     """Reads and actions over one set of backends (and optionally a fleet)."""
 
@@ -90,7 +57,7 @@ class Operations:
         self.backends = backends
         self.fleet = fleet
         self.policy = policy if policy is not None else (fleet.policy if fleet else None)
-        self._store = attrs.evolve(backends, broker=_HandsOffBroker())
+        self._store = attrs.evolve(backends, broker=HandsOffBroker("the web console"))
         # Two adds of one id in this process must not both store credentials and then
         # undo each other's on the start that loses.
         self._adding = threading.Lock()

@@ -21,7 +21,7 @@ The convention the pages follow, and what the tests here do with each block:
     ``powershell`` block beside it, or the paragraph next to it says that the same
     lines work in PowerShell, or why there is no PowerShell form
     (``test_conventions.py``).
-``text``, ``sql``, ``json``, ``yaml``, ``toml``, ``ini``, ``promql``, ``mermaid``
+``text``, ``sql``, ``json``, ``yaml``, ``toml``, ``ini``, ``xml``, ``promql``, ``mermaid``
     Shown, not commands: output, data, configuration, diagrams. The DuckDB page's
     investigation queries are run against a real archive (``test_duckdb_queries.py``).
 

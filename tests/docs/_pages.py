@@ -23,7 +23,7 @@ POSIX = frozenset({"sh", "bash", "console"})
 """Blocks of POSIX shell: run, unless marked as a fragment."""
 RUN = POSIX | {"python"}
 """The languages whose blocks are run (or type-checked, as fragments)."""
-SHOWN = frozenset({"text", "sql", "json", "yaml", "toml", "ini", "promql", "mermaid"})
+SHOWN = frozenset({"text", "sql", "json", "yaml", "toml", "ini", "xml", "promql", "mermaid"})
 """Not commands: shown as they are (data, configuration, output, diagrams)."""
 WINDOWS = frozenset({"powershell"})
 """PowerShell: not run here (no PowerShell on the Linux CI); checked to stand beside

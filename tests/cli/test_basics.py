@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import psycopg
@@ -10,9 +11,9 @@ import redis
 
 from mt5lifecycle import Backends, Lifecycle
 from mt5lifecycle.adapters.duckdb import DuckDBArchive
-from mt5lifecycle.builtin.memory import MemoryCredentialStore, MemoryStateStore
+from mt5lifecycle.builtin.memory import MemoryArchive, MemoryCredentialStore, MemoryStateStore
 from mt5lifecycle.cli import EXIT_CODES
-from mt5lifecycle.cli.demo import FLOWS
+from mt5lifecycle.cli.demo import FLOWS, run_demo
 from mt5lifecycle.core.machine import EVENTS
 from mt5lifecycle.testing import FakeBroker, FakeClock
 
@@ -246,3 +247,22 @@ def test_confirm_closure_without_yes_and_without_a_tty_refuses() -> None:
 
 
 # --- operator commands on the real servers ----------------------------------------
+
+
+class LateClock(FakeClock):
+    """Wakes up 25 s (simulated) after each wait: a loaded machine on a real-time clock
+    runs every due step late."""
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds + 25.0)
+
+
+def test_demo_ends_every_flow_right_when_every_step_runs_late() -> None:
+    rows = run_demo(
+        io.StringIO(),
+        clock=LateClock(),
+        state=MemoryStateStore(),
+        credentials=MemoryCredentialStore(),
+        archive=MemoryArchive(),
+    )
+    assert {r.instance_id: r.expected for r in rows} == {f.instance_id: True for f in FLOWS}

@@ -9,6 +9,7 @@ tests/docs/__init__.py for the convention).
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -79,7 +80,7 @@ def _mark(token: Token | None) -> tuple[str | None, str, str]:
     if found is None:
         return None, "", ""
     head, _, rest = found.group(2).partition("\n")
-    return found.group(1), head.strip(" :,"), rest.strip("\n")
+    return found.group(1), head.strip(" :,"), textwrap.dedent(rest).strip("\n")
 
 
 @cache

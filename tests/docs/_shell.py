@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import doctest
 import os
-import pty
 import re
 import select
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -86,38 +86,43 @@ def run_command(command: str, answers: Mapping[str, str] | None = None) -> str:
 
 
 def _on_a_terminal(command: str, answers: Mapping[str, str]) -> str:
-    """Run ``command`` on a pseudo-terminal; answer each prompt as it is shown."""
+    """Run ``command`` on a pseudo-terminal; answer each prompt as it is shown.
+
+    util-linux's ``script`` makes the terminal (the command's controlling one, so
+    ``getpass`` turns its echo off as at a console); no fork of this process.
+    """
     if sys.platform == "win32":
         raise NotImplementedError("a pseudo-terminal is POSIX: the docs' shell blocks are")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: its controlling terminal is the pty
-        try:
-            os.execvpe("bash", ["bash", "-o", "pipefail", "-c", command], dict(os.environ))
-        finally:
-            os._exit(127)
+    shell = shlex.join(["bash", "-o", "pipefail", "-c", command])
+    child = subprocess.Popen(
+        ["script", "--quiet", "--return", "--flush", "--command", shell, "/dev/null"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert child.stdin is not None and child.stdout is not None
     seen = b""
     answered = dict.fromkeys(answers, 0)
     try:
         while True:
-            ready, _, _ = select.select([fd], [], [], TIMEOUT)
+            ready, _, _ = select.select([child.stdout], [], [], TIMEOUT)
             if not ready:
                 raise AssertionError(f"{command!r} printed nothing for {TIMEOUT} s: {seen!r}")
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
+            chunk = os.read(child.stdout.fileno(), 4096)
             if not chunk:
                 break
             seen += chunk
             text = seen.decode(errors="replace")
             for prompt, answer in answers.items():
                 if text.endswith(prompt) and text.count(prompt) > answered[prompt]:
-                    os.write(fd, answer.encode() + b"\n")
+                    child.stdin.write(answer.encode() + b"\n")
+                    child.stdin.flush()
                     answered[prompt] += 1
                     break
     finally:
-        os.close(fd)
-        os.waitpid(pid, 0)
+        child.stdin.close()
+        child.stdout.close()
+        child.wait(TIMEOUT)
     return seen.decode(errors="replace")
 
 

@@ -46,7 +46,10 @@ rendered page do not see it):
     shows: ``worlds.exhausted("acct-7")`` (``worlds.py``) builds an instance that
     used up its logins, for the ``status`` sample. A setup may define ``answers``,
     ``{prompt: answer}``: the next ``console`` block then runs on a pseudo-terminal,
-    as at a console, and each prompt is answered as it appears.
+    as at a console, and each prompt is answered as it appears. ``worlds.serve()``
+    starts the real ``mt5lifecycle serve`` on a free port for a page's HTTP calls
+    (its address in ``URL``, an operator's token in ``TOKEN``); it is stopped when the
+    page's test ends, and must exit 0.
 
 Where the blocks run: a temporary directory that looks like a checkout (its
 top-level entries link to this one), with the virtual environment's ``bin`` first on

@@ -31,8 +31,6 @@ WINDOWS = frozenset({"powershell"})
 each POSIX block instead."""
 
 UNCONVERTED = {
-    "docs/operations/console.md": "owned elsewhere, not yet converted to this convention",
-    "docs/operations/serve.md": "owned elsewhere, not yet converted to this convention",
     "docs/performance.md": "owned elsewhere; its benchmark commands (minutes each) need "
     "<!-- test: fragment ... --> marks",
 }

@@ -124,6 +124,8 @@ def test_the_page_runs(
         for value in namespace.values():
             if isinstance(value, PrometheusMetrics):
                 value.unregister()
+        stopped = worlds.stop()  # a `serve` a setup started, before the servers are cleaned
+    assert not stopped, "\n".join(stopped)
 
 
 SHELL_FRAGMENTS = [b for p in PAGES for b in blocks(p) if b.fragment and b.lang in POSIX]

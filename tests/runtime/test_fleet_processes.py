@@ -155,3 +155,4 @@ def test_four_workers_one_killed_every_instance_ends_right(prefix: str) -> None:
             process.wait()
             if process.stdout is not None and not process.stdout.closed:
                 process.stdout.close()
+            _STDERR.pop(process.pid).close()

@@ -82,6 +82,8 @@ def sign_in(page: Page, world: World, token: str, path: str = "/") -> None:
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(world.url + path)
+    # The URL changes before the page's stylesheet is in: measure the page once it is.
+    page.wait_for_load_state("load")
 
 
 def shoot(page: Page, tmp_path: Path, name: str, *, full: bool = True) -> Path:
@@ -244,8 +246,8 @@ def test_the_console_fits_a_phone(browser: Browser, fleet_world: World, tmp_path
     page = context.new_page()
     sign_in(page, fleet_world, OPERATOR)
     width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], f"the fleet page scrolls sideways ({width} px)"
     shoot(page, tmp_path, "fleet-phone")
+    assert width <= PHONE["width"], f"the fleet page scrolls sideways ({width} px)"
     shoot(page, tmp_path, "fleet-phone-first-screen", full=False)
     page.goto(fleet_world.url + "/instances/acc-failed")
     width = page.evaluate("document.documentElement.scrollWidth")

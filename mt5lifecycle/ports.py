@@ -228,8 +228,14 @@ class OutboxStore(Protocol):
         longer there (handed over by another process) is skipped."""
         ...
 
-    def set_aside(self, instance_id: str, notification_id: str, error: str) -> None:
-        """Move a notification that kept failing out of the way, for an operator."""
+    def set_aside(
+        self, instance_id: str, notification_id: str, error: str, *, at: float | None = None
+    ) -> None:
+        """Move a notification that kept failing out of the way, for an operator.
+
+        ``at``: when, on the caller's clock (so a fake clock's run reads true); ``None``
+        takes the store's own.
+        """
         ...
 
     def set_aside_notifications(self, instance_ids: Iterable[str] | None = None) -> list[SetAside]:

@@ -197,14 +197,16 @@ class MemoryStateStore:
                 entries[:] = [e for e in entries if _entry_id(e) not in done]
                 self._settle_outbox(instance_id)
 
-    def set_aside(self, instance_id: str, notification_id: str, error: str) -> None:
+    def set_aside(
+        self, instance_id: str, notification_id: str, error: str, *, at: float | None = None
+    ) -> None:
         with self._guard:
             entries = self._outbox.get(check_instance_id(instance_id), [])
             for index, entry in enumerate(entries):
                 if isinstance(entry, Notification) and entry.id == notification_id:
                     del entries[index]
                     self._aside.setdefault(instance_id, []).append(
-                        SetAside(entry, error, utc(self._clock.now()))
+                        SetAside(entry, error, utc(self._clock.now() if at is None else at))
                     )
                     break
             self._settle_outbox(instance_id)

@@ -352,7 +352,7 @@ class Relay:
             self._drop(instance_id, item, self._notes)
         if self._store is not None:
             try:
-                self._store.set_aside(instance_id, entry.id, error)
+                self._store.set_aside(instance_id, entry.id, error, at=self._clock.now())
             except StoreUnavailable as exc_store:
                 # It stays in the outbox: the next owner tries it again from the start.
                 log.warning("instance %s: could not set it aside: %s", instance_id, exc_store)

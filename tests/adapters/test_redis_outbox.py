@@ -467,7 +467,7 @@ def test_a_set_aside_notification_waits_for_an_operator_and_comes_back(
     store.commit("acct-1", EXAMPLE, expected_version=0, outbox=[a, b, c, transition("acct-1")])
 
     store.set_aside("acct-1", b.id, "SMTP 550: mailbox unavailable")
-    store.set_aside("acct-1", c.id, "x" * 5000)
+    store.set_aside("acct-1", c.id, "x" * 5000, at=1_767_225_600.0)  # the caller's clock
     store.set_aside("acct-1", "no-such-id", "nothing to move")
 
     assert store.outbox(["acct-1"])["acct-1"].notifications == (a,)
@@ -477,6 +477,7 @@ def test_a_set_aside_notification_waits_for_an_operator_and_comes_back(
     assert aside[0].error == "SMTP 550: mailbox unavailable"
     assert aside[1].error == "x" * 1000  # bounded
     assert all(isinstance(s, SetAside) and s.at.tzinfo is not None for s in aside)
+    assert aside[1].at == datetime(2026, 1, 1, tzinfo=UTC)
 
     assert store.redeliver("acct-1", [c.id]) == 1
     assert store.outbox(["acct-1"])["acct-1"].notifications == (a, c)

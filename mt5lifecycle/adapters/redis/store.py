@@ -49,7 +49,7 @@ import attrs
 
 from ...core.ids import check_instance_id
 from ...core.records import Notification, new_record_id
-from ...core.snapshot import Snapshot
+from ...core.snapshot import Snapshot, utc
 from ...errors import (
     ConcurrentUpdate,
     CorruptState,
@@ -652,12 +652,14 @@ class RedisStateStore:
                     raise as_error(reply, None)
                 self._counted(instance_id, keys, reply)
 
-    def set_aside(self, instance_id: str, notification_id: str, error: str) -> None:
+    def set_aside(
+        self, instance_id: str, notification_id: str, error: str, *, at: float | None = None
+    ) -> None:
         base = self._base(check_instance_id(instance_id))
-        at = datetime.now(UTC).isoformat()
+        when = (datetime.now(UTC) if at is None else utc(at)).isoformat()
         keys = [f"{base}:{NOTIFICATIONS}", f"{base}:{SET_ASIDE}"]
         with reaching(instance_id):
-            reply = self._aside(keys=keys, args=[notification_id, error[:1000], at])
+            reply = self._aside(keys=keys, args=[notification_id, error[:1000], when])
         self._counted(instance_id, keys, reply)
 
     def set_aside_notifications(self, instance_ids: Iterable[str] | None = None) -> list[SetAside]:

@@ -135,6 +135,7 @@ def build_server(instances: int) -> Any:
     detail_body = {
         "instance": detail_instance,
         "history": history_json(read_history(backends.archive, DETAIL, 100)),
+        "health": None,  # no fleet in this process drives it
     }
 
     async def bare_list(_request: Request) -> JSONResponse:
